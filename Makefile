@@ -1,0 +1,20 @@
+# dphubert: `make install` builds .venv/, `make demo` runs the demo recipe end to end, `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON := .venv/bin/python
+
+.PHONY: install test test-fast demo demo-smoke bench clean
+
+install:
+	@bash tools/install.sh
+
+test: install
+	$(PYTHON) -m pytest -q test
+
+demo: install
+	cd egs/demo && ./run.sh
+
+bench: install
+	$(PYTHON) bench/model_speed.py
+
+clean:
+	rm -rf .venv .pytest_cache

@@ -1,0 +1,75 @@
+"""HardConcrete gates (Louizos et al., 2018, "Learning Sparse Neural Networks through L0 Regularization").
+
+One gate owns a vector ``log_alpha`` of ``n`` units. In training mode every forward draws one sample (shared by
+the whole batch and all frames); in eval mode it returns the deterministic mask that physical pruning uses:
+the expected number of zeros is rounded, those units get 0 and the survivors keep a soft value in (0, 1).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+TEMPERATURE = 2.0 / 3.0
+STRETCH_LOW = -0.1
+STRETCH_HIGH = 1.1
+# Constant of the reference implementation for the deterministic soft value.
+EVAL_SOFTNESS = 0.8
+
+
+class HardConcrete(nn.Module):
+    """A HardConcrete distribution over ``n`` gates.
+
+    Args:
+        n: number of gated units.
+        init_mean: initial probability-like mean ``m``; ``log_alpha ~ N(log(1 - m) - log(m), 0.01)``.
+        eps: keeps the uniform noise away from 0 and 1.
+    """
+
+    def __init__(self, n: int, init_mean: float = 0.5, eps: float = 1e-6):
+        super().__init__()
+        if n <= 0:
+            raise ValueError(f"HardConcrete needs at least one unit, got n={n}")
+        self.n = n
+        self.init_mean = init_mean
+        self.eps = eps
+        self.log_alpha = nn.Parameter(torch.empty(n))
+        # beta * log(-l / r): shifts log_alpha to the probability that a gate is non-zero.
+        self._l0_shift = TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        mean = math.log(1 - self.init_mean) - math.log(self.init_mean)
+        with torch.no_grad():
+            self.log_alpha.normal_(mean, 0.01)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, init_mean={self.init_mean}"
+
+    def l0_norm(self) -> torch.Tensor:
+        """Expected number of non-zero gates (differentiable in ``log_alpha``)."""
+        return torch.sigmoid(self.log_alpha - self._l0_shift).sum()
+
+    def forward(self) -> torch.Tensor:
+        if self.training:
+            return self.sample()
+        return self.deterministic_mask()
+
+    def sample(self) -> torch.Tensor:
+        u = torch.rand_like(self.log_alpha).clamp(self.eps, 1 - self.eps)
+        s = torch.sigmoid((torch.log(u / (1 - u)) + self.log_alpha) / TEMPERATURE)
+        return (s * (STRETCH_HIGH - STRETCH_LOW) + STRETCH_LOW).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def num_zeros(self) -> int:
+        """How many units the deterministic mask sets to zero."""
+        return int(round(self.n - self.l0_norm().item()))
+
+    def deterministic_mask(self) -> torch.Tensor:
+        soft = torch.sigmoid(self.log_alpha / TEMPERATURE * EVAL_SOFTNESS)
+        k = self.num_zeros()
+        if k > 0:
+            _, smallest = torch.topk(soft.detach(), k, largest=False)
+            soft = soft.clone()
+            soft[smallest] = 0.0
+        return soft

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny model configs (the suite runs on a 2-core CPU)."""
+
+import pytest
+import torch
+
+from dphubert.models import base_config, large_config
+
+ALL_GATES = dict(extractor_prune_conv_channels=True, encoder_prune_attention_heads=True,
+                 encoder_prune_attention_layer=True, encoder_prune_feed_forward_intermediate=True,
+                 encoder_prune_feed_forward_layer=True)
+
+
+def tiny_config(model_type: str = "hubert", large: bool = False, **overrides):
+    """A 3-layer, 48-dim encoder with a 4-layer, 32-channel CNN (downsampling 5*2*2*2 = 40)."""
+    factory = large_config if large else base_config
+    cfg = dict(extractor_conv_layer_config=[[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 2, 2]], encoder_embed_dim=48,
+               encoder_num_layers=3, encoder_num_heads=4, encoder_ff_interm_features=96, encoder_pos_conv_kernel=16,
+               encoder_pos_conv_groups=4, encoder_layer_drop=0.0, encoder_projection_dropout=0.0,
+               encoder_attention_dropout=0.0, encoder_dropout=0.0)
+    if model_type == "wavlm":
+        cfg.update(encoder_num_buckets=32, encoder_max_distance=64)
+    cfg.update(overrides)
+    return factory(model_type, **cfg)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
