@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# The shared stages of every dphubert recipe (ESPnet egs2 style). A corpus's run.sh names its sets and passes "$@".
+#   0 teacher preparation     1 data preparation        2 teacher feature dump (optional)
+#   3 joint distill-prune + physical pruning             4 final distill + packaging
+#   5 SUPERB evaluation
+set -euo pipefail
+
+. utils/log.sh
+
+# ---- options (each can be given as --name value; see --help) ----
+stage=0                 # first stage to run
+stop_stage=10000        # last stage to run
+ngpu=0                  # GPUs per training job (0: CPU); >1 launches torchrun --nproc_per_node ngpu
+nj=4                    # parallel jobs for data preparation and dumping
+tag=                    # experiment name: exp/<tag>; default from the configs
+force=false             # rerun stages that already finished (their .done markers are ignored)
+python=python           # python interpreter (path.sh activates the repository's .venv)
+
+train_set=              # data/<train_set>: distillation data
+valid_set=              # data/<valid_set>: validation during training
+test_sets=              # other data sets local/data.sh prepares
+local_data_opts=        # options passed to local/data.sh
+
+teacher=                # stage 0: the teacher checkpoint (HF dir, fairseq .pt, torchaudio state dict, ours)
+teacher_format=hf       # hf | fairseq | torchaudio | dphubert | pretrain (demo: pretrain a small HuBERT here)
+pretrain_config=conf/pretrain_hubert.yaml   # teacher_format=pretrain only
+trust_checkpoint=false  # allow teacher pickles that need code to load (old fairseq files)
+
+dump_teacher=false      # stage 2: dump teacher features once instead of running the teacher online
+dump_layers=0,4,8,12    # teacher layers to dump (must cover the distillation targets)
+distill_prune_config=conf/distill_prune.yaml
+final_distill_config=conf/final_distill.yaml
+baseline=false          # stage 4: also train the DistilHuBERT-style baseline of the same size
+distilhubert_config=conf/distilhubert.yaml
+superb_tasks=           # stage 5: e.g. "ks ic pr"
+superb_opts=            # stage 5: extra options of dphubert.bin.superb_stage
+
+help_message="Usage: $0 --train_set <set> --valid_set <set> [options]
+Runs the dphubert stages for this corpus; outputs go to data/, dump/ and exp/<tag>/.
+Stages: 0 teacher, 1 data, 2 teacher dump (--dump_teacher true), 3 distill-prune + prune,
+        4 final distill + packaging, 5 SUPERB (--superb_tasks \"ks ic pr\").
+Options (defaults in brackets):
+  --stage N / --stop_stage N     stages to run [${stage} / ${stop_stage}]
+  --ngpu N                       GPUs per training job; 0 = CPU [${ngpu}]
+  --nj N                         parallel data jobs [${nj}]
+  --tag NAME                     experiment dir exp/NAME [from the config file names]
+  --force true|false             rerun finished stages [${force}]
+  --teacher PATH --teacher_format hf|fairseq|torchaudio|dphubert|pretrain
+  --dump_teacher true|false      dump teacher features in stage 2 [${dump_teacher}]
+  --distill_prune_config / --final_distill_config / --distilhubert_config FILE
+  --baseline true|false          also train the DistilHuBERT-style baseline [${baseline}]
+  --superb_tasks \"ks ic ...\"     SUPERB tasks of stage 5
+  --config FILE                  read option defaults from FILE
+e.g.: ./run.sh --stage 3 --stop_stage 4 --ngpu 4"
+
+. utils/parse_options.sh
+[ $# -eq 0 ] || die "unexpected argument '$1' (options look like --stage 3; see --help)"
+. ./path.sh
+. ./cmd.sh
+
+[ -n "${train_set}" ] || die "--train_set is empty: run.sh must name the training data set"
+[ -n "${valid_set}" ] || die "--valid_set is empty: run.sh must name the validation data set"
+if [ -z "${tag}" ]; then
+    tag=$(basename "${distill_prune_config%.*}")
+fi
+expdir=exp/${tag}
+teacher_pt=exp/teacher/teacher.pt
+logdir=${expdir}/logs
+mkdir -p "${logdir}"
+
+# A stage's .done marker makes reruns skip it; --force true (or deleting the marker) reruns it.
+stage_done() { [ "${force}" = false ] && [ -f "$1/.done.$2" ]; }
+mark_done() { touch "$1/.done.$2"; }
+# Before a long stage, leave a script that reruns it with the same options (as ESPnet does).
+write_rerun_script() {
+    local n=$1
+    {
+        echo "#!/usr/bin/env bash"
+        echo "# Reruns stage ${n} of ${expdir} with the options it was started with."
+        echo "cd $(pwd) && ./run.sh ${_orig_args} --stage ${n} --stop_stage ${n} --force true \"\$@\""
+    } > "${expdir}/run.sh"
+    chmod +x "${expdir}/run.sh"
+}
+# torchrun for several GPUs, plain python otherwise.
+launcher() {
+    if [ "${ngpu}" -gt 1 ]; then
+        echo "torchrun --nproc_per_node ${ngpu}"
+    else
+        echo "${python}"
+    fi
+}
+resume_flag() { if [ -d "$1/checkpoints" ]; then echo "--resume"; fi; }
+
+if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
+    if stage_done exp/teacher 0; then
+        log "Stage 0: teacher ready (${teacher_pt}); skipped (--force true reruns it)"
+    else
+        mkdir -p exp/teacher
+        if [ "${teacher_format}" = pretrain ]; then
+            log "Stage 0: pretraining a small HuBERT teacher on data/${train_set} (log: exp/teacher/pretrain.log)"
+            # The demo pretrains on its own corpus, so the corpus must exist first.
+            local/data.sh ${local_data_opts}
+            ${train_cmd} --num-threads "${nj}" exp/teacher/pretrain.log \
+                ${python} -m dphubert.bin.pretrain_hubert --config "${pretrain_config}" \
+                --data "data/${train_set}" --out "${teacher_pt}"
+        else
+            [ -n "${teacher}" ] || die "--teacher is empty: name the teacher checkpoint (run.sh or db.sh)"
+            [ -e "${teacher}" ] || die "teacher checkpoint '${teacher}' does not exist; fix --teacher in run.sh"
+            trust=""
+            [ "${trust_checkpoint}" = true ] && trust="--trust-checkpoint"
+            log "Stage 0: converting the ${teacher_format} teacher ${teacher} -> ${teacher_pt}"
+            ${python} -m dphubert.bin.convert --from "${teacher_format}" "${teacher}" --out "${teacher_pt}" ${trust}
+        fi
+        mark_done exp/teacher 0
+    fi
+fi
+
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    if stage_done data 1; then
+        log "Stage 1: data ready; skipped (--force true reruns it)"
+    else
+        log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
+        local/data.sh ${local_data_opts}
+        for dset in ${train_set} ${valid_set} ${test_sets}; do
+            utils/validate_data_dir.sh "data/${dset}"
+            log "Stage 1: checking audio and writing data/${dset}/utt2num_samples"
+            ${python} -m dphubert.bin.prepare_data --data "data/${dset}" --nj "${nj}"
+        done
+        mark_done data 1
+    fi
+fi
+
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ "${dump_teacher}" = true ]; then
+    for dset in ${train_set} ${valid_set}; do
+        log "Stage 2: dumping teacher layers ${dump_layers} of data/${dset} -> dump/teacher/${dset}"
+        ${train_cmd} "${logdir}/dump_teacher_${dset}.log" \
+            ${python} -m dphubert.bin.dump_teacher --teacher "${teacher_pt}" --data "data/${dset}" \
+            --layers "${dump_layers}" --out "dump/teacher/${dset}"
+    done
+fi
+
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
+    [ -f "${teacher_pt}" ] || die "${teacher_pt} is missing: run stage 0 first (./run.sh --stage 0 --stop_stage 0)"
+    [ -f "data/${train_set}/utt2num_samples" ] || die "data/${train_set} is not prepared: run stage 1 first"
+    if stage_done "${expdir}" 3; then
+        log "Stage 3: ${expdir}/pruned.pt exists; skipped (--force true reruns it)"
+    else
+        write_rerun_script 3
+        feats=""
+        [ "${dump_teacher}" = true ] && feats="--teacher-feats dump/teacher/${train_set}"
+        log "Stage 3: joint distillation and pruning -> ${expdir} (log: ${logdir}/distill_prune.log)"
+        ${cuda_cmd} --gpu "${ngpu}" "${logdir}/distill_prune.log" \
+            $(launcher) -m dphubert.bin.distill_prune --config "${distill_prune_config}" \
+            --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
+            --exp "${expdir}" ${feats} $(resume_flag "${expdir}")
+        log "Stage 3: physical pruning -> ${expdir}/pruned.pt"
+        ${python} -m dphubert.bin.prune --ckpt "${expdir}/last.pt" --out "${expdir}/pruned.pt" \
+            --teacher "${teacher_pt}" 2>&1 | tee "${logdir}/prune.log"
+        mark_done "${expdir}" 3
+    fi
+fi
+
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+    [ -f "${expdir}/pruned.pt" ] || die "${expdir}/pruned.pt is missing: run stage 3 first"
+    if stage_done "${expdir}" 4; then
+        log "Stage 4: ${expdir}/final/model.pt exists; skipped (--force true reruns it)"
+    else
+        write_rerun_script 4
+        log "Stage 4: final distillation -> ${expdir}/final (log: ${logdir}/final_distill.log)"
+        ${cuda_cmd} --gpu "${ngpu}" "${logdir}/final_distill.log" \
+            $(launcher) -m dphubert.bin.final_distill --config "${final_distill_config}" \
+            --student "${expdir}/pruned.pt" --teacher "${teacher_pt}" --data "data/${train_set}" \
+            --valid "data/${valid_set}" --exp "${expdir}/final" $(resume_flag "${expdir}/final")
+        ${python} -m dphubert.bin.package --model "${expdir}/final/last.pt" --teacher "${teacher_pt}" \
+            --out "${expdir}/final/model.pt"
+        if [ "${baseline}" = true ]; then
+            log "Stage 4: DistilHuBERT-style baseline of the same size -> ${expdir}/distilhubert"
+            ${cuda_cmd} --gpu "${ngpu}" "${logdir}/distilhubert.log" \
+                $(launcher) -m dphubert.bin.distilhubert --config "${distilhubert_config}" \
+                --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
+                --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" $(resume_flag "${expdir}/distilhubert")
+            ${python} -m dphubert.bin.package --model "${expdir}/distilhubert/last.pt" --teacher "${teacher_pt}" \
+                --out "${expdir}/distilhubert/model.pt"
+        fi
+        mark_done "${expdir}" 4
+        log "Stage 4: the compressed model is ${expdir}/final/model.pt (summary.json, architecture.png beside it)"
+    fi
+fi
+
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; then
+    [ -f "${expdir}/final/model.pt" ] || die "${expdir}/final/model.pt is missing: run stage 4 first"
+    models="teacher=${teacher_pt} dphubert=${expdir}/final/model.pt"
+    [ -f "${expdir}/distilhubert/model.pt" ] && models="${models} distilhubert=${expdir}/distilhubert/model.pt"
+    log "Stage 5: SUPERB tasks '${superb_tasks}' -> ${expdir}/superb (log: ${logdir}/superb.log)"
+    ${cuda_cmd} --gpu "$(( ngpu > 0 ? 1 : 0 ))" "${logdir}/superb.log" \
+        ${python} -m dphubert.bin.superb_stage --tasks "${superb_tasks}" --models ${models} \
+        --out "${expdir}/superb" ${superb_opts}
+    log "Stage 5: results in ${expdir}/superb/RESULTS.md"
+fi
+
+log "Finished stages ${stage}-${stop_stage}; experiment dir: ${expdir}"
