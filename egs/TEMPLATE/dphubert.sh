@@ -5,7 +5,9 @@
 #   5 SUPERB evaluation
 set -euo pipefail
 
+_orig_args=$(printf '%q ' "$@")   # for exp/<tag>/run.sh
 . utils/log.sh
+. ./db.sh   # corpus and teacher locations; --config files may refer to them
 
 # ---- options (each can be given as --name value; see --help) ----
 stage=0                 # first stage to run
@@ -22,6 +24,7 @@ test_sets=              # other data sets local/data.sh prepares
 local_data_opts=        # options passed to local/data.sh
 
 teacher=                # stage 0: the teacher checkpoint (HF dir, fairseq .pt, torchaudio state dict, ours)
+teacher_tag=teacher     # stage 0 writes exp/<teacher_tag>/teacher.pt
 teacher_format=hf       # hf | fairseq | torchaudio | dphubert | pretrain (demo: pretrain a small HuBERT here)
 pretrain_config=conf/pretrain_hubert.yaml   # teacher_format=pretrain only
 trust_checkpoint=false  # allow teacher pickles that need code to load (old fairseq files)
@@ -45,7 +48,7 @@ Options (defaults in brackets):
   --nj N                         parallel data jobs [${nj}]
   --tag NAME                     experiment dir exp/NAME [from the config file names]
   --force true|false             rerun finished stages [${force}]
-  --teacher PATH --teacher_format hf|fairseq|torchaudio|dphubert|pretrain
+  --teacher PATH --teacher_format hf|fairseq|torchaudio|dphubert|pretrain [--teacher_tag NAME]
   --dump_teacher true|false      dump teacher features in stage 2 [${dump_teacher}]
   --distill_prune_config / --final_distill_config / --distilhubert_config FILE
   --baseline true|false          also train the DistilHuBERT-style baseline [${baseline}]
@@ -64,7 +67,8 @@ if [ -z "${tag}" ]; then
     tag=$(basename "${distill_prune_config%.*}")
 fi
 expdir=exp/${tag}
-teacher_pt=exp/teacher/teacher.pt
+teacher_dir=exp/${teacher_tag}
+teacher_pt=${teacher_dir}/teacher.pt
 logdir=${expdir}/logs
 mkdir -p "${logdir}"
 
@@ -77,7 +81,7 @@ write_rerun_script() {
     {
         echo "#!/usr/bin/env bash"
         echo "# Reruns stage ${n} of ${expdir} with the options it was started with."
-        echo "cd $(pwd) && ./run.sh ${_orig_args} --stage ${n} --stop_stage ${n} --force true \"\$@\""
+        echo "cd $(pwd) && ./dphubert.sh ${_orig_args}--stage ${n} --stop_stage ${n} --force true \"\$@\""
     } > "${expdir}/run.sh"
     chmod +x "${expdir}/run.sh"
 }
@@ -92,15 +96,15 @@ launcher() {
 resume_flag() { if [ -d "$1/checkpoints" ]; then echo "--resume"; fi; }
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
-    if stage_done exp/teacher 0; then
+    if stage_done "${teacher_dir}" 0; then
         log "Stage 0: teacher ready (${teacher_pt}); skipped (--force true reruns it)"
     else
-        mkdir -p exp/teacher
+        mkdir -p "${teacher_dir}"
         if [ "${teacher_format}" = pretrain ]; then
-            log "Stage 0: pretraining a small HuBERT teacher on data/${train_set} (log: exp/teacher/pretrain.log)"
+            log "Stage 0: pretraining a small HuBERT teacher on data/${train_set} (log: ${teacher_dir}/pretrain.log)"
             # The demo pretrains on its own corpus, so the corpus must exist first.
             local/data.sh ${local_data_opts}
-            ${train_cmd} --num-threads "${nj}" exp/teacher/pretrain.log \
+            ${train_cmd} --num-threads "${nj}" "${teacher_dir}/pretrain.log" \
                 ${python} -m dphubert.bin.pretrain_hubert --config "${pretrain_config}" \
                 --data "data/${train_set}" --out "${teacher_pt}"
         else
@@ -111,7 +115,7 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
             log "Stage 0: converting the ${teacher_format} teacher ${teacher} -> ${teacher_pt}"
             ${python} -m dphubert.bin.convert --from "${teacher_format}" "${teacher}" --out "${teacher_pt}" ${trust}
         fi
-        mark_done exp/teacher 0
+        mark_done "${teacher_dir}" 0
     fi
 fi
 
