@@ -258,6 +258,11 @@ def test_bad_checkpoints_give_one_clear_line(tmp_path):
     with pytest.raises(CheckpointError, match="typo.pt: unknown model config key"):
         load_model(typo)
 
+    not_dicts = tmp_path / "not_dicts.pt"
+    torch.save({"config": "hubert", "state_dict": None}, not_dicts)
+    with pytest.raises(CheckpointError, match="not_dicts.pt: 'config' and 'state_dict' must both be dicts"):
+        load_model(not_dicts)
+
     pickled = tmp_path / "namespace.pt"
     torch.save({"args": argparse.Namespace(a=1), "model": {}}, pickled)
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):

@@ -63,6 +63,9 @@ def model_from_checkpoint(ckpt: Any, source: str = "checkpoint") -> Wav2Vec2Mode
             f"{source}: not a dphubert/DPHuBERT model file (a {kind} with keys {keys}; expected 'config' and "
             f"'state_dict'); convert it first: python -m dphubert.bin.convert --from {{hf,fairseq,torchaudio}} "
             f"{source} --out model.pt")
+    if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"{source}: 'config' and 'state_dict' must both be dicts (got "
+                              f"{type(ckpt['config']).__name__} and {type(ckpt['state_dict']).__name__})")
     try:
         config = normalize_config(dict(ckpt["config"]), source)
     except ConfigError as e:
