@@ -233,6 +233,10 @@ def test_bad_checkpoints_give_one_clear_line(tmp_path):
     junk.write_bytes(b"\x00\x01not a checkpoint" * 10)
     with pytest.raises(CheckpointError, match="junk.pt: not a"):
         load_model(junk)
+    text = tmp_path / "text.pt"
+    text.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="text.pt: not a"):
+        load_model(text)
     with pytest.raises(CheckpointError, match="no such file"):
         load_model(tmp_path / "missing.pt")
 

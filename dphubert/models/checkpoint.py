@@ -38,7 +38,8 @@ def read_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False) -> D
                 f"{path}: the file needs arbitrary code to unpickle ({needs.group(1)}); if you trust its source, "
                 f"pass --trust-checkpoint (trust_checkpoint=True)") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or another format)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ModuleNotFoundError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ModuleNotFoundError, IndexError,
+            KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 

@@ -106,7 +106,7 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
             local/data.sh ${local_data_opts}
             ${train_cmd} --num-threads "${nj}" "${teacher_dir}/pretrain.log" \
                 ${python} -m dphubert.bin.pretrain_hubert --config "${pretrain_config}" \
-                --data "data/${train_set}" --out "${teacher_pt}"
+                --data "data/${train_set}" --out "${teacher_pt}" --resume
         else
             [ -n "${teacher}" ] || die "--teacher is empty: name the teacher checkpoint (run.sh or db.sh)"
             [ -e "${teacher}" ] || die "teacher checkpoint '${teacher}' does not exist; fix --teacher in run.sh"
