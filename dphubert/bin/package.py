@@ -1,0 +1,62 @@
+"""Package a trained student as the recipe's deliverable (recipe stage 4).
+
+    python -m dphubert.bin.package --model exp/<tag>/final/last.pt --out exp/<tag>/final/model.pt \
+        [--teacher exp/teacher/teacher.pt]
+
+Writes ``--out`` (a model file that ``dphubert.models.load_model``, the s3prl upstream ``dphubert_local`` and
+ESPnet's S3prlFrontend read; the distillation projections are kept under ``distill_linear_projs``), and beside
+it ``summary.json`` (params, sparsity vs the teacher, MACs for 10 s, kept heads/units/channels per layer) and
+``architecture.png``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from dphubert.models import CheckpointError, load_model, model_from_checkpoint, read_checkpoint, save_model
+from dphubert.report import format_summary, model_summary, plot_architecture, write_summary
+
+MODEL_KEYS = ("format", "version", "config", "state_dict")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="trained student (e.g. final/last.pt)")
+    parser.add_argument("--out", required=True, help="packaged model file to write")
+    parser.add_argument("--teacher", help="teacher model file, for the sparsity in summary.json")
+    return parser
+
+
+def run(args) -> dict:
+    ckpt = read_checkpoint(args.model)
+    model = model_from_checkpoint(ckpt, str(args.model))
+    if model.gates():
+        raise CheckpointError(f"{args.model}: still has pruning gates; prune it first "
+                              f"(python -m dphubert.bin.prune --ckpt {args.model} --out pruned.pt)")
+    teacher_params = load_model(args.teacher).num_params() if args.teacher else ckpt.get("teacher_num_params")
+    extra = {k: v for k, v in ckpt.items() if k not in MODEL_KEYS}
+    if teacher_params is not None:
+        extra["teacher_num_params"] = int(teacher_params)
+    out = Path(args.out)
+    save_model(model, out, extra)
+    summary = model_summary(model, teacher_params)
+    summary["source"] = str(args.model)
+    write_summary(summary, out.parent / "summary.json")
+    plot_architecture(summary, out.parent / "architecture.png")
+    print(format_summary(summary))
+    print(f"wrote {out}, {out.parent / 'summary.json'}, {out.parent / 'architecture.png'}")
+    return summary
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        run(args)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
