@@ -23,4 +23,5 @@ test_sets="test"
     --superb_tasks "ks ic sid pr" \
     --tag demo_sp0.75 \
     --nj 2 \
+    --superb_opts "--num-threads 1" \
     "$@"

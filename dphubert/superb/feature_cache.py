@@ -1,0 +1,111 @@
+"""``dphubert_cached``: the dphubert upstream with its hidden states memoised per waveform.
+
+SUPERB keeps the upstream frozen, so a waveform always gives the same hidden states; s3prl still recomputes
+them every epoch, and on a small CPU that forward pass is nearly all of a quick SUPERB run. This upstream
+(registered in ``s3prl.hub`` next to ``dphubert_local`` by ``running.setup``) keeps the states of every
+waveform it has seen, keyed by a hash of the samples, and shared by all runs of one model in the process
+(the same utterance appearing in several task layouts is computed once). A new model file empties the cache.
+
+What stays the same: each waveform's valid frames are the ones the expert computes for it (the expert gives
+every item of a padded batch the states it has alone); frames past a shorter item's end, which s3prl's
+Featurizer may keep by rounding, are zeros instead of the model's output on padding. Augmented inputs
+(random crops, noise) simply miss the cache. Gradients (``-f``, a trainable upstream) bypass it.
+"""
+
+import hashlib
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from dphubert.s3prl.expert import UpstreamExpert
+
+UPSTREAM_NAME = "dphubert_cached"
+DEFAULT_BUDGET_MB = 3000
+
+
+class FeatureCache:
+    """Per-waveform hidden states of one model, up to ``max_bytes`` (later items are not stored)."""
+
+    def __init__(self, model_path: str, max_bytes: int):
+        self.model_path = model_path
+        self.max_bytes = max_bytes
+        self.items: Dict[bytes, List[Tensor]] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: bytes) -> Optional[List[Tensor]]:
+        states = self.items.get(key)
+        if states is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return states
+
+    def put(self, key: bytes, states: List[Tensor]) -> None:
+        size = sum(s.numel() * s.element_size() for s in states)
+        if self.bytes + size <= self.max_bytes:
+            self.items[key] = states
+            self.bytes += size
+
+
+_STATE = {"cache": None, "budget_mb": DEFAULT_BUDGET_MB}
+
+
+def set_budget(megabytes: int) -> None:
+    _STATE["budget_mb"] = megabytes
+
+
+def cache_for(model_path: str) -> FeatureCache:
+    cache = _STATE["cache"]
+    if cache is None or cache.model_path != model_path:
+        cache = FeatureCache(model_path, _STATE["budget_mb"] * 2 ** 20)
+        _STATE["cache"] = cache
+    return cache
+
+
+def current() -> Optional[FeatureCache]:
+    return _STATE["cache"]
+
+
+def _digest(wav: Tensor) -> bytes:
+    data = wav.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+class CachedUpstreamExpert(UpstreamExpert):
+    def __init__(self, ckpt: str, model_config: str = None, refresh: bool = False, **kwargs):
+        super().__init__(ckpt, model_config, refresh, **kwargs)
+        from pathlib import Path
+
+        self.cache = cache_for(str(Path(ckpt).resolve()))
+
+    def forward(self, wavs: List[Tensor]) -> Dict[str, List[Tensor]]:
+        if torch.is_grad_enabled():
+            return super().forward(wavs)
+        keys = [_digest(w) for w in wavs]
+        found = {k: self.cache.get(k) for k in dict.fromkeys(keys)}
+        missing = [k for k, states in found.items() if states is None]
+        if missing:
+            first = {k: keys.index(k) for k in missing}
+            batch = [wavs[first[k]] for k in missing]
+            states = super().forward(batch)["hidden_states"]
+            lengths = self.model.output_lengths(torch.tensor([len(w) for w in batch], device=batch[0].device))
+            for j, key in enumerate(missing):
+                found[key] = [h[j, :int(lengths[j])].clone() for h in states]
+                self.cache.put(key, found[key])
+        items = [found[k] for k in keys]
+        frames = max(item[0].shape[0] for item in items)
+        hidden = []
+        for layer in range(len(items[0])):
+            padded = items[0][layer].new_zeros(len(items), frames, items[0][layer].shape[-1])
+            for b, item in enumerate(items):
+                padded[b, :item[layer].shape[0]] = item[layer]
+            hidden.append(padded)
+        return {"hidden_states": hidden, "last_hidden_state": hidden[-1]}
+
+
+def dphubert_cached(ckpt: str, *args, **kwargs) -> CachedUpstreamExpert:
+    """s3prl hub entry: ``dphubert_local`` with memoised features (frozen-upstream runs only)."""
+    return CachedUpstreamExpert(ckpt, *args, **kwargs)
