@@ -12,6 +12,10 @@ test: install
 
 demo: install
 	cd egs/demo && ./run.sh
+	$(PYTHON) tools/check_demo_outputs.py egs/demo
+
+demo-smoke: install
+	bash tools/demo_smoke.sh
 
 bench: install
 	$(PYTHON) bench/model_speed.py

@@ -93,9 +93,13 @@ launcher() {
         echo "${python}"
     fi
 }
+# Wall time per stage, for the summary at the end (exp/<tag>/stage_times.txt).
+stage_started() { _stage_t0=${SECONDS}; }
+stage_finished() { echo "stage $1: $(( SECONDS - _stage_t0 )) s" >> "${expdir}/stage_times.txt"; }
 resume_flag() { if [ -d "$1/checkpoints" ]; then echo "--resume"; fi; }
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
+    stage_started
     if stage_done "${teacher_dir}" 0; then
         log "Stage 0: teacher ready (${teacher_pt}); skipped (--force true reruns it)"
     else
@@ -117,9 +121,11 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
         fi
         mark_done "${teacher_dir}" 0
     fi
+    stage_finished 0
 fi
 
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    stage_started
     if stage_done data 1; then
         log "Stage 1: data ready; skipped (--force true reruns it)"
     else
@@ -132,18 +138,22 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
         done
         mark_done data 1
     fi
+    stage_finished 1
 fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ "${dump_teacher}" = true ]; then
+    stage_started
     for dset in ${train_set} ${valid_set}; do
         log "Stage 2: dumping teacher layers ${dump_layers} of data/${dset} -> dump/teacher/${dset}"
         ${train_cmd} "${logdir}/dump_teacher_${dset}.log" \
             ${python} -m dphubert.bin.dump_teacher --teacher "${teacher_pt}" --data "data/${dset}" \
             --layers "${dump_layers}" --out "dump/teacher/${dset}"
     done
+    stage_finished 2
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
+    stage_started
     [ -f "${teacher_pt}" ] || die "${teacher_pt} is missing: run stage 0 first (./run.sh --stage 0 --stop_stage 0)"
     [ -f "data/${train_set}/utt2num_samples" ] || die "data/${train_set} is not prepared: run stage 1 first"
     if stage_done "${expdir}" 3; then
@@ -162,9 +172,11 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
             --teacher "${teacher_pt}" 2>&1 | tee "${logdir}/prune.log"
         mark_done "${expdir}" 3
     fi
+    stage_finished 3
 fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+    stage_started
     [ -f "${expdir}/pruned.pt" ] || die "${expdir}/pruned.pt is missing: run stage 3 first"
     if stage_done "${expdir}" 4; then
         log "Stage 4: ${expdir}/final/model.pt exists; skipped (--force true reruns it)"
@@ -189,9 +201,11 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
         mark_done "${expdir}" 4
         log "Stage 4: the compressed model is ${expdir}/final/model.pt (summary.json, architecture.png beside it)"
     fi
+    stage_finished 4
 fi
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; then
+    stage_started
     [ -f "${expdir}/final/model.pt" ] || die "${expdir}/final/model.pt is missing: run stage 4 first"
     models="teacher=${teacher_pt} dphubert=${expdir}/final/model.pt"
     [ -f "${expdir}/distilhubert/model.pt" ] && models="${models} distilhubert=${expdir}/distilhubert/model.pt"
@@ -200,6 +214,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; th
         ${python} -m dphubert.bin.superb_stage --tasks "${superb_tasks}" --models ${models} \
         --out "${expdir}/superb" ${superb_opts}
     log "Stage 5: results in ${expdir}/superb/RESULTS.md"
+    stage_finished 5
 fi
 
 log "Finished stages ${stage}-${stop_stage}; experiment dir: ${expdir}"

@@ -1,0 +1,60 @@
+"""Sanity checks of a finished demo run (used by CI's smoke test and printed at the end of `make demo`).
+
+    python tools/check_demo_outputs.py egs/demo [--tag demo_sp0.75] [--teacher-tag teacher]
+
+Checks the files each stage must leave, that the models load, that the compressed model is smaller than the
+teacher, and that stage 5 produced a result for every model; prints a short summary. Exits 1 on a problem.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from dphubert.models import load_model
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--tag", default="demo_sp0.75")
+    parser.add_argument("--teacher-tag", default="teacher")
+    args = parser.parse_args(argv)
+    exp = args.recipe / "exp" / args.tag
+    problems = []
+    required = [args.recipe / "exp" / args.teacher_tag / "teacher.pt", args.recipe / "data" / "train" / "wav.scp",
+                exp / "last.pt", exp / "pruned.pt", exp / "summary.json", exp / "architecture.png",
+                exp / "final" / "model.pt", exp / "final" / "summary.json", exp / "superb" / "RESULTS.md",
+                exp / "superb" / "results.json"]
+    problems += [f"missing {p}" for p in required if not p.is_file()]
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    teacher = load_model(required[0])
+    student = load_model(exp / "final" / "model.pt")
+    summary = json.loads((exp / "final" / "summary.json").read_text())
+    if not student.num_params() < teacher.num_params():
+        problems.append(f"the student ({student.num_params():,}) is not smaller than the teacher")
+    results = json.loads((exp / "superb" / "results.json").read_text())
+    text = json.dumps(results)
+    for name in ("teacher", "dphubert"):
+        if name not in text:
+            problems.append(f"results.json has no entry for {name}")
+    sparsity = 1 - student.num_params() / teacher.num_params()
+    if not (0 < sparsity < 1) or not math.isfinite(sparsity):
+        problems.append(f"implausible sparsity {sparsity}")
+    print(f"teacher {teacher.num_params():,} params; student {student.num_params():,} params "
+          f"(sparsity {sparsity:.3f}); summary keys: {', '.join(sorted(summary)[:6])}")
+    times = exp / "stage_times.txt"
+    if times.is_file():
+        print("wall time per stage: " + "; ".join(times.read_text().split("\n")).strip("; "))
+    print((exp / "superb" / "RESULTS.md").read_text())
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
