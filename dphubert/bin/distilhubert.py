@@ -1,0 +1,84 @@
+"""The DistilHuBERT baseline: pure distillation into a shallow student of a given size.
+
+Student: the teacher's CNN and first N transformer layers (initialised from the teacher); prediction heads (one
+linear layer per predicted teacher layer, default every third: 4, 8, 12 for Base) on the last student layer;
+loss per head L1 - log sigmoid(cos), heads averaged. The student is sized to a parameter budget (heads
+excluded): ``--target-params N`` or ``--match exp/<tag>/pruned.pt`` (the DPHuBERT student's count). N is the
+largest number of full layers that fits; if more than 1% of the budget is left, one more layer and an FFN width
+(the same for every layer, its first units copied from the teacher) that fills it. ``num_layers`` /
+``ffn_width`` in the config fix them instead; without a budget the student has 2 layers (DistilHuBERT's).
+
+Usage::
+
+    python -m dphubert.bin.distilhubert --config conf/distilhubert.yaml --teacher teacher.pt \\
+        --data data/train --valid data/dev --exp exp/distilhubert --match exp/dphubert/pruned.pt [--resume]
+    torchrun --nproc_per_node 4 -m dphubert.bin.distilhubert ...
+
+Output: ``exp/<tag>/last.pt``, a normal model file of the student (SUPERB evaluates it like any other), with the
+heads stored separately under ``distill_heads``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from dphubert.distill.cli import check_teacher_student, run_cli, run_training, training_parser
+from dphubert.distill.errors import DistillConfigError
+from dphubert.distill.projections import PredictionHeads, default_pred_layers
+from dphubert.distill.students import distilhubert_student, plan_distilhubert
+from dphubert.distill.tasks import DistilHubertTask, loss_weights
+from dphubert.models import load_model
+
+METHOD = "distilhubert"
+logger = logging.getLogger("dphubert.distilhubert")
+
+
+def get_parser():
+    parser = training_parser(METHOD, __doc__)
+    parser.add_argument("--match", type=Path, default=None,
+                        help="size the student like this model file (e.g. the pruned DPHuBERT student)")
+    return parser
+
+
+def target_from(args, cfg) -> Optional[int]:
+    if args.match is None:
+        return cfg["target_params"]
+    if cfg["target_params"] is not None:
+        raise DistillConfigError("give either --match or --target-params (target_params), not both")
+    model = load_model(args.match, args.trust_checkpoint)
+    return model.deterministic_num_params() if model.gates() else model.num_params()
+
+
+def build_task(cfg, teacher, args) -> DistilHubertTask:
+    target = target_from(args, cfg)
+    num_layers, ffn_width = plan_distilhubert(teacher, target, cfg["num_layers"], cfg["ffn_width"])
+    student = distilhubert_student(teacher, num_layers, ffn_width, cfg["student_overrides"])
+    achieved = student.num_params()
+    width = ffn_width if ffn_width is not None else "teacher's"
+    if target is not None:
+        logger.info("student: %d layers, FFN width %s: %s params for a target of %s (%+.2f%%)", num_layers, width,
+                    f"{achieved:,}", f"{target:,}", 100.0 * (achieved - target) / target)
+    else:
+        logger.info("student: %d layers, FFN width %s: %s params", num_layers, width, f"{achieved:,}")
+    pred_layers = cfg["pred_layers"] or default_pred_layers(teacher.num_layers)
+    if any(not 1 <= x <= teacher.num_layers for x in pred_layers) or len(set(pred_layers)) != len(pred_layers):
+        raise DistillConfigError(f"pred_layers {pred_layers} must be distinct layers in 1..{teacher.num_layers}")
+    check_teacher_student(teacher, student, list(pred_layers), student_layers=[num_layers])
+    heads = PredictionHeads(pred_layers, student.config["encoder_embed_dim"], teacher.config["encoder_embed_dim"])
+    return DistilHubertTask(student, heads, loss_weights(cfg))
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
+    args = get_parser().parse_args(argv)
+    run_training(args, METHOD, build_task, argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_cli(_main, argv, f"python -m dphubert.bin.{METHOD}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Training configs of the three distillation methods: defaults, YAML loading, command-line overrides.
+
+A config is a flat dict. Every key has a default, a type and a help line (``OPTIONS``); each method
+(``distill_prune``, ``final_distill``, ``distilhubert``) uses a subset with its own defaults (``METHOD_DEFAULTS``).
+Precedence: defaults < ``--config file.yaml`` < command-line overrides (``--max-steps 100``: every key is also a
+CLI option, its value parsed as YAML). Unknown keys and ill-typed values are errors naming the key and the file.
+
+Usage::
+
+    cfg = load_config("distill_prune", "conf/distill_prune.yaml", overrides={"max_steps": "100"})
+    write_config(cfg, "exp/tag/config.yaml", header="python -m dphubert.bin.distill_prune ...")
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import yaml
+
+from .errors import DistillConfigError
+
+PRUNE_UNITS = {
+    "conv": "extractor_prune_conv_channels",
+    "head": "encoder_prune_attention_heads",
+    "attlayer": "encoder_prune_attention_layer",
+    "interm": "encoder_prune_feed_forward_intermediate",
+    "ffnlayer": "encoder_prune_feed_forward_layer",
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    kind: str  # int, float, str, bool, list, dict; "|null" suffix allows None
+    help: str
+    choices: Optional[Sequence[str]] = None
+
+
+OPTIONS: Dict[str, Option] = {
+    # reproducibility
+    "seed": Option("int", "seed: data order, crops, gate noise and dropout all derive from (seed, epoch, batch)"),
+    # data
+    "min_seconds": Option("float", "drop training utterances shorter than this (seconds)"),
+    "max_seconds": Option("float", "drop training utterances longer than this (seconds)"),
+    "batch_seconds": Option("float", "audio per batch and process after cropping to the shortest item (seconds)"),
+    "num_buckets": Option("int|null", "length buckets of the batch sampler (null: one sorted run)"),
+    "num_workers": Option("int", "DataLoader worker processes per training process"),
+    # optimisation
+    "max_steps": Option("int", "optimizer steps"),
+    "lr": Option("float", "peak learning rate of the main parameters (student and projections/heads)"),
+    "warmup_steps": Option("int", "linear learning-rate warmup steps (then linear decay to 0 at max_steps)"),
+    "weight_decay": Option("float", "AdamW weight decay of the main parameters"),
+    "grad_clip": Option("float|null", "clip the global gradient norm to this value (null: no clipping)"),
+    "accum_grad": Option("int", "batches accumulated per optimizer step"),
+    "amp": Option("str", "mixed precision: none, fp16 (CUDA, with a GradScaler) or bf16", ("none", "fp16", "bf16")),
+    # distillation loss
+    "l1_weight": Option("float", "weight of the L1 distance"),
+    "cos_weight": Option("float", "weight of the cosine term"),
+    "l2_weight": Option("float", "weight of the mean squared error (0: off)"),
+    "cos_type": Option("str", "cosine term: raw (-cos) or log_sig (-log sigmoid(cos))", ("raw", "log_sig")),
+    "distill_layers": Option("list|null", "teacher/student layers to distil (0 = transformer input); null: "
+                                          "0 and every third of the depth, e.g. [0, 4, 8, 12] for 12 layers"),
+    "projection_groups": Option("list|null", "layers sharing one linear projection, e.g. [[0], [4, 8, 12]]; "
+                                             "null: layer 0 alone and the others together"),
+    "student_overrides": Option("dict", "model config keys replaced in the student (e.g. encoder_layer_drop)"),
+    # pruning (distill_prune)
+    "prune_units": Option("list", f"gated unit kinds, any of {sorted(PRUNE_UNITS)}"),
+    "target_sparsity": Option("float", "final target sparsity 1 - params / teacher params"),
+    "sparsity_warmup_steps": Option("int", "steps over which the target rises linearly from 0"),
+    "reg_lr": Option("float", "learning rate of the gates' log_alpha and of the Lagrange multipliers"),
+    # DistilHuBERT baseline
+    "pred_layers": Option("list|null", "teacher layers predicted by the heads; null: every third of the depth, "
+                                       "e.g. [4, 8, 12]"),
+    "num_layers": Option("int|null", "student transformer layers; null: 2, or chosen to match target_params"),
+    "ffn_width": Option("int|null", "student FFN width; null: the teacher's, or chosen to match target_params"),
+    "target_params": Option("int|null", "size the student to this parameter count (heads excluded)"),
+    # bookkeeping
+    "log_interval": Option("int", "steps between log lines / TensorBoard points"),
+    "save_interval": Option("int", "steps between checkpoints"),
+    "keep_checkpoints": Option("int", "checkpoints kept (the oldest are deleted)"),
+    "valid_interval": Option("int", "steps between validation passes (with --valid)"),
+    "valid_max_batches": Option("int|null", "limit the validation batches per process (null: all)"),
+}
+
+_COMMON = dict(
+    seed=2022, min_seconds=2.0, max_seconds=15.6, batch_seconds=160.0, num_buckets=50, num_workers=4,
+    weight_decay=0.0, grad_clip=10.0, accum_grad=1, amp="none",
+    l1_weight=1.0, cos_weight=1.0, l2_weight=0.0, cos_type="raw", student_overrides={},
+    log_interval=50, save_interval=1000, keep_checkpoints=3, valid_interval=1000, valid_max_batches=None,
+)
+
+METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "distill_prune": dict(_COMMON, max_steps=50000, lr=2e-4, warmup_steps=15000, distill_layers=None,
+                          projection_groups=None, prune_units=["conv", "head", "interm"], target_sparsity=0.75,
+                          sparsity_warmup_steps=5000, reg_lr=0.02),
+    "final_distill": dict(_COMMON, max_steps=25000, lr=1e-4, warmup_steps=5000),
+    "distilhubert": dict(_COMMON, max_steps=200000, lr=2e-4, warmup_steps=14000, cos_type="log_sig",
+                         pred_layers=None, num_layers=None, ffn_width=None, target_params=None),
+}
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    base, _, nullable = kind.partition("|")
+    if value is None:
+        return bool(nullable)
+    if base == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "bool": bool, "list": list, "dict": dict}[base])
+
+
+def check_value(key: str, value: Any, source: str) -> Any:
+    option = OPTIONS[key]
+    if isinstance(value, str) and option.kind.startswith("float"):
+        try:  # PyYAML reads "1e-4" (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if not _type_ok(value, option.kind):
+        raise DistillConfigError(f"{source}: key '{key}' must be {option.kind.replace('|null', ' or null')}, "
+                                 f"got {value!r}")
+    if option.choices and value not in option.choices:
+        raise DistillConfigError(f"{source}: key '{key}' must be one of {list(option.choices)}, got {value!r}")
+    if option.kind.startswith("float") and value is not None:
+        value = float(value)
+    return value
+
+
+def load_config(method: str, path: Optional[str | Path] = None,
+                overrides: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Defaults of ``method``, updated by the YAML file ``path`` and by ``overrides`` (YAML-parsed strings)."""
+    cfg = copy.deepcopy(METHOD_DEFAULTS[method])
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DistillConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise DistillConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise DistillConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
+        for key, value in loaded.items():
+            if key not in cfg:
+                raise DistillConfigError(f"{path}: unknown key '{key}' for {method}; known keys: {sorted(cfg)}")
+            cfg[key] = check_value(key, value, str(path))
+    for key, text in (overrides or {}).items():
+        source = f"command line (--{key.replace('_', '-')})"
+        if key not in cfg:
+            raise DistillConfigError(f"{source}: unknown key '{key}' for {method}")
+        try:
+            value = yaml.safe_load(text) if isinstance(text, str) else text
+        except yaml.YAMLError:
+            raise DistillConfigError(f"{source}: cannot parse {text!r} as a YAML value") from None
+        cfg[key] = check_value(key, value, source)
+    _check_ranges(cfg, method, str(path) if path else "config")
+    return cfg
+
+
+def _check_ranges(cfg: Dict[str, Any], method: str, source: str) -> None:
+    positive = ["max_steps", "accum_grad", "log_interval", "save_interval", "keep_checkpoints", "valid_interval",
+                "batch_seconds"]
+    for key in positive:
+        if cfg[key] <= 0:
+            raise DistillConfigError(f"{source}: key '{key}' must be > 0, got {cfg[key]}")
+    for key in ("warmup_steps", "num_workers", "min_seconds", "lr", "weight_decay"):
+        if cfg[key] < 0:
+            raise DistillConfigError(f"{source}: key '{key}' must be >= 0, got {cfg[key]}")
+    if cfg["max_seconds"] <= cfg["min_seconds"]:
+        raise DistillConfigError(f"{source}: max_seconds ({cfg['max_seconds']}) must exceed min_seconds "
+                                 f"({cfg['min_seconds']})")
+    if cfg["batch_seconds"] < cfg["max_seconds"]:
+        raise DistillConfigError(f"{source}: batch_seconds ({cfg['batch_seconds']}) must be >= max_seconds "
+                                 f"({cfg['max_seconds']}) so that every utterance fits a batch")
+    if method == "distill_prune":
+        bad = [u for u in cfg["prune_units"] if u not in PRUNE_UNITS]
+        if bad or not cfg["prune_units"]:
+            raise DistillConfigError(f"{source}: prune_units must be a non-empty list of {sorted(PRUNE_UNITS)}, "
+                                     f"got {cfg['prune_units']}")
+        if not 0.0 <= cfg["target_sparsity"] < 1.0:
+            raise DistillConfigError(f"{source}: target_sparsity must be in [0, 1), got {cfg['target_sparsity']}")
+        if cfg["sparsity_warmup_steps"] < 0:
+            raise DistillConfigError(f"{source}: sparsity_warmup_steps must be >= 0")
+
+
+def write_config(cfg: Dict[str, Any], path: str | Path, header: str = "") -> None:
+    """Write the resolved config as YAML that ``--config`` accepts again (``header`` becomes a comment)."""
+    text = "".join(f"# {line}\n" for line in header.splitlines())
+    text += yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def add_config_arguments(parser, method: str) -> None:
+    """Add ``--<key>`` for every config key of ``method`` (value parsed as YAML, e.g. ``--distill-layers [0,4]``)."""
+    group = parser.add_argument_group("config overrides (replace the YAML value; parsed as YAML)")
+    for key, default in METHOD_DEFAULTS[method].items():
+        group.add_argument(f"--{key.replace('_', '-')}", dest=f"cfg_{key}", metavar="VALUE", default=None,
+                           help=f"{OPTIONS[key].help} (default {default!r})")
+
+
+def overrides_from_args(args, method: str) -> Dict[str, str]:
+    return {key: getattr(args, f"cfg_{key}") for key in METHOD_DEFAULTS[method]
+            if getattr(args, f"cfg_{key}", None) is not None}

@@ -1,0 +1,135 @@
+"""What is trained: the student with its projections/heads (and regulariser), as one module for DDP.
+
+A task's ``forward(waveforms, targets, step)`` returns ``{"loss": differentiable total, <name>: detached
+scalars to log}``; ``targets`` are the teacher states of ``task.teacher_layers`` for the same frames.
+
+- ``LayerDistillTask``: DPHuBERT, student layer i -> projection -> teacher layer i; Step 1 adds the
+  ``LagrangianRegularizer`` (``regularizer=None`` in Step 2).
+- ``DistilHubertTask``: DistilHuBERT, prediction heads on the last student layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from dphubert.models import Wav2Vec2Model
+from dphubert.models.checkpoint import checkpoint_dict
+
+from .losses import distill_loss
+from .projections import LayerProjections, PredictionHeads
+from .sparsity import LagrangianRegularizer
+
+LOSS_KEYS = ("l1_weight", "cos_weight", "l2_weight", "cos_type")
+
+
+def loss_weights(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: cfg[key] for key in LOSS_KEYS}
+
+
+class DistillTask(nn.Module):
+    """Shared parts: the student, its frame count, and the model file."""
+
+    method = "distill"
+    student: Wav2Vec2Model
+
+    @property
+    def teacher_layers(self) -> List[int]:
+        raise NotImplementedError
+
+    def num_frames(self, num_samples: int) -> int:
+        return int(self.student.output_lengths(torch.tensor([num_samples]))[0])
+
+    def param_groups(self, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
+        raise NotImplementedError
+
+    def uses_all_parameters(self) -> bool:
+        """Whether every step gives every parameter a gradient (else DDP must look for unused ones)."""
+        return not self.student.config["encoder_layer_drop"] > 0
+
+    def model_file(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, Any]:
+        """What must be equal for a checkpoint to be resumed into this task."""
+        return {"method": self.method, "student_config": self.student.config, "layers": self.teacher_layers}
+
+
+class LayerDistillTask(DistillTask):
+    def __init__(self, student: Wav2Vec2Model, projections: LayerProjections, weights: Dict[str, Any],
+                 regularizer: Optional[LagrangianRegularizer] = None, method: str = "distill_prune"):
+        super().__init__()
+        self.student = student
+        self.projections = projections
+        self.weights = dict(weights)
+        self.regularizer = regularizer
+        self.method = method
+
+    @property
+    def teacher_layers(self) -> List[int]:
+        return self.projections.layers
+
+    def uses_all_parameters(self) -> bool:
+        # Layers above the deepest distilled one get no gradient.
+        return super().uses_all_parameters() and max(self.teacher_layers) == self.student.num_layers
+
+    def forward(self, waveforms: Tensor, targets: List[Tensor], step: int) -> Dict[str, Tensor]:
+        states, _ = self.student.extract_features(waveforms)
+        distill, terms = distill_loss(self.projections(states), targets, self.teacher_layers, **self.weights)
+        out = dict(terms, distill=distill.detach())
+        loss = distill
+        if self.regularizer is not None:
+            with torch.autocast(device_type=waveforms.device.type, enabled=False):
+                reg = self.regularizer(self.student, step)
+            loss = loss + reg["reg"]
+            out.update({key: value.detach() for key, value in reg.items()})
+        out["loss"] = loss
+        return out
+
+    def param_groups(self, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
+        main = self.student.main_parameters() + list(self.projections.parameters())
+        groups = [{"name": "main", "params": main, "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}]
+        if self.regularizer is not None:
+            groups.append({"name": "log_alpha", "params": self.student.gate_parameters(), "lr": cfg["reg_lr"],
+                           "weight_decay": 0.0})
+            groups.append({"name": "lambda", "params": [self.regularizer.lambda1, self.regularizer.lambda2],
+                           "lr": cfg["reg_lr"], "weight_decay": 0.0, "maximize": True})
+        return groups
+
+    def model_file(self) -> Dict[str, Any]:
+        meta = dict(self.projections.metadata(), method=self.method)
+        extra = {"distill_linear_projs": self.projections.per_layer_state_dict(), "distill": meta}
+        if self.regularizer is not None:
+            meta["target_sparsity"] = self.regularizer.target_sparsity
+            extra["teacher_num_params"] = self.regularizer.teacher_num_params  # read by dphubert.bin.prune
+        return checkpoint_dict(self.student, extra=extra)
+
+
+class DistilHubertTask(DistillTask):
+    method = "distilhubert"
+
+    def __init__(self, student: Wav2Vec2Model, heads: PredictionHeads, weights: Dict[str, Any]):
+        super().__init__()
+        self.student = student
+        self.heads = heads
+        self.weights = dict(weights)
+
+    @property
+    def teacher_layers(self) -> List[int]:
+        return self.heads.layers
+
+    def forward(self, waveforms: Tensor, targets: List[Tensor], step: int) -> Dict[str, Tensor]:
+        states, _ = self.student.extract_features(waveforms)
+        loss, terms = distill_loss(self.heads(states[-1]), targets, self.teacher_layers, **self.weights)
+        return dict(terms, distill=loss.detach(), loss=loss)
+
+    def param_groups(self, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
+        params = list(self.student.parameters()) + list(self.heads.parameters())
+        return [{"name": "main", "params": params, "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}]
+
+    def model_file(self) -> Dict[str, Any]:
+        heads = {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()}
+        return checkpoint_dict(self.student, extra={"distill_heads": heads,
+                                                    "distill": {"method": self.method, "pred_layers": self.heads.layers}})

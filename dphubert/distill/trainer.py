@@ -1,0 +1,362 @@
+"""The training loop shared by distill_prune, final_distill and distilhubert.
+
+Plain PyTorch: AdamW over the task's parameter groups, one warmup + linear-decay LambdaLR for all groups,
+gradient accumulation, clipping of the global norm, AMP on CUDA (fp16 with a GradScaler, or bf16), DDP under
+torchrun (gloo on CPU, NCCL on GPU).
+
+Exact resuming: every micro-batch re-seeds torch's generator from ``(seed, epoch, global batch index)``, the batch
+order and crops come from the same numbers (see dphubert.data), and a checkpoint holds the task (student, gates,
+projections, lambdas), optimizer, scheduler, scaler, sampler position, every rank's RNG states and the log
+history. A run killed at any moment and resumed with ``--resume`` ends with the same weights as an uninterrupted
+run (bit for bit on CPU).
+
+Files under ``exp/<tag>/``: ``checkpoints/ckpt_step<N>.pt`` (atomic writes, every ``save_interval`` steps and at
+the end, the last ``keep_checkpoints`` kept), ``last.pt`` (the model file, at the end), ``train.log``,
+``tensorboard/``, ``training.png``.
+
+Failure behaviour: a NaN/inf loss stops the run (NonFiniteLossError naming the step) without writing anything
+more, so the last checkpoint stays the last good one. For tests, the environment variable
+``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``) right after optimizer step ``k``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dphubert.data import AudioDataset, BucketBatchSampler, CropCollator, make_dataloader
+from dphubert.models import atomic_save
+
+from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, all_true, barrier, gather_objects
+from .errors import DistillConfigError, NonFiniteLossError, ResumeError
+from .report import LOGGER_NAME, TensorBoard, plot_history
+from .tasks import DistillTask
+
+logger = logging.getLogger(f"{LOGGER_NAME}.trainer")
+
+CRASH_ENV = "DPHUBERT_CRASH_AFTER_STEP"
+CHECKPOINT_FORMAT = "dphubert-train"
+_CKPT_NAME = re.compile(r"^ckpt_step(\d+)\.pt$")
+
+TeacherFn = Callable[[dict, torch.Tensor, int], List[torch.Tensor]]
+
+
+class WarmupLinearDecay:
+    """LR factor of optimizer step ``s`` (0-based): linear up to 1 over ``warmup`` steps, then linear to 0."""
+
+    def __init__(self, warmup_steps: int, max_steps: int):
+        self.warmup_steps = warmup_steps
+        self.max_steps = max_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        return max(0.0, (self.max_steps - step) / max(1, self.max_steps - self.warmup_steps))
+
+
+def batch_seed(seed: int, epoch: int, global_index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, global_index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def rng_state() -> Dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def list_checkpoints(ckpt_dir: Path) -> List[Path]:
+    """Checkpoints sorted by step (oldest first)."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def check_fresh_experiment(exp_dir: Path) -> None:
+    """Refuse to start a new run over the checkpoints of an earlier one."""
+    existing = list_checkpoints(Path(exp_dir) / "checkpoints")
+    if existing:
+        raise ResumeError(f"{exp_dir}: holds checkpoints of an earlier run ({existing[-1].name}); pass --resume to "
+                          f"continue it, or use another --exp / delete the directory")
+
+
+class Trainer:
+    def __init__(self, task: DistillTask, teacher: TeacherFn, cfg: Dict[str, Any], exp_dir: Path, env: DistEnv,
+                 train_set: AudioDataset, crop_multiple: int, valid_set: Optional[AudioDataset] = None,
+                 valid_teacher: Optional[TeacherFn] = None):
+        self.cfg = cfg
+        self.env = env
+        self.exp_dir = Path(exp_dir)
+        self.ckpt_dir = self.exp_dir / "checkpoints"
+        self.device = env.device
+        if cfg["amp"] == "fp16" and self.device.type != "cuda":
+            raise DistillConfigError(f"amp fp16 needs a CUDA device (running on {self.device}); use amp bf16 or none")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg["amp"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
+
+        self.task = task.to(self.device)
+        self.teacher = teacher.to(self.device)
+        self.valid_teacher = valid_teacher.to(self.device) if valid_teacher is not None else None
+        self.model = task
+        if env.distributed:
+            self.model = DistributedDataParallel(
+                task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=not task.uses_all_parameters())
+        self.optimizer = torch.optim.AdamW(task.param_groups(cfg), lr=cfg["lr"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupLinearDecay(cfg["warmup_steps"], cfg["max_steps"]))
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+        self.sampler = BucketBatchSampler(train_set.lengths, cfg["batch_seconds"], cfg["num_buckets"],
+                                          seed=cfg["seed"], rank=env.rank, world_size=env.world_size)
+        self.loader = make_dataloader(train_set, self.sampler, CropCollator(crop_multiple, cfg["seed"]),
+                                      num_workers=cfg["num_workers"], pin_memory=self.device.type == "cuda")
+        self.valid_loader = None
+        if valid_set is not None:
+            valid_sampler = BucketBatchSampler(valid_set.lengths, cfg["batch_seconds"], None, shuffle=False,
+                                               seed=cfg["seed"], rank=env.rank, world_size=env.world_size)
+            self.valid_loader = make_dataloader(valid_set, valid_sampler, CropCollator(crop_multiple, cfg["seed"]),
+                                                num_workers=min(cfg["num_workers"], 2))
+        self.step = 0
+        self.position: Optional[Dict[str, int]] = None  # sampler state after the last optimizer step
+        self.history: List[Dict[str, float]] = []
+        self.last_checkpoint: Optional[Path] = None
+
+    # ----- public ---------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> Optional[Path]:
+        """Train to ``max_steps``; returns the model file ``exp/<tag>/last.pt`` (rank 0) or None."""
+        resumed = self._resume() if resume else self._refuse_overwrite()
+        cfg = self.cfg
+        tensorboard = TensorBoard(self.exp_dir / "tensorboard", self.env.is_main,
+                                  purge_step=self.step + 1 if resumed else None)
+        bar = tqdm(total=cfg["max_steps"], initial=self.step, desc=f"{self.task.method}", unit="step",
+                   disable=not self.env.is_main, dynamic_ncols=True)
+        crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+        sums: Dict[str, float] = defaultdict(float)
+        steps_in_window = 0
+        micro_batches = self._micro_batches()
+        self.task.train()
+        try:
+            while self.step < cfg["max_steps"]:
+                terms = self._train_step(micro_batches)
+                self.step += 1
+                if crash_after and self.step == crash_after:
+                    os._exit(75)  # test hook: die like a killed process, without cleanup
+                for key, value in terms.items():
+                    sums[key] += value
+                steps_in_window += 1
+                bar.update(1)
+                bar.set_postfix(_postfix(terms), refresh=False)
+                if self.step % cfg["log_interval"] == 0 or self.step == cfg["max_steps"]:
+                    self._log({k: v / steps_in_window for k, v in sums.items()}, tensorboard)
+                    sums, steps_in_window = defaultdict(float), 0
+                if self.valid_loader is not None and (self.step % cfg["valid_interval"] == 0
+                                                      or self.step == cfg["max_steps"]):
+                    tensorboard.scalars("valid", self.validate(), self.step)
+                if self.step % cfg["save_interval"] == 0 and self.step < cfg["max_steps"]:
+                    self._save_checkpoint()
+        finally:
+            bar.close()
+            tensorboard.close()
+        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}.pt"):
+            self._save_checkpoint()
+        model_path = None
+        if self.env.is_main:
+            model_path = self.exp_dir / "last.pt"
+            atomic_save(self.task.model_file(), model_path)
+            plot = plot_history(self.history, self.exp_dir / "training.png")
+            logger.info("finished %d steps: model file %s%s", self.step, model_path,
+                        f", curves {plot}" if plot else "")
+        barrier(self.env)  # a rank tearing the process group down while another still works can abort gloo
+        return model_path
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Mean loss terms over the validation set (all ranks together); the model is in eval mode meanwhile."""
+        self.task.eval()
+        sums: Dict[str, float] = defaultdict(float)
+        count = 0
+        teacher = self.valid_teacher or self.teacher
+        for index, batch in enumerate(self.valid_loader):
+            if self.cfg["valid_max_batches"] is not None and index >= self.cfg["valid_max_batches"]:
+                break
+            waveforms = batch["waveforms"].to(self.device)
+            with self._autocast():
+                targets = teacher(batch, waveforms, self.task.num_frames(waveforms.size(1)))
+                out = self.task(waveforms, targets, self.step)
+            for key in ("loss", "distill", "l1", "cos", "l2"):
+                if key in out:
+                    sums[key] += float(out[key])
+            count += 1
+        self.task.train()
+        sums["count"] = count
+        summed = all_reduce_sum(dict(sums), self.env)
+        total = max(summed.pop("count"), 1)
+        values = {k: v / total for k, v in summed.items()}
+        logger.info("step %d valid: %s", self.step, _format(values))
+        return values
+
+    # ----- steps ----------------------------------------------------------------------------------------------
+    def _micro_batches(self) -> Iterator[dict]:
+        epoch = self.sampler.epoch
+        while True:
+            self.sampler.set_epoch(epoch)
+            for batch in self.loader:
+                yield batch
+            epoch += 1
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _train_step(self, micro_batches: Iterator[dict]) -> Dict[str, float]:
+        accum = self.cfg["accum_grad"]
+        totals: Dict[str, float] = defaultdict(float)
+        for i in range(accum):
+            batch = next(micro_batches)
+            sync = i == accum - 1
+            context = self.model.no_sync() if self.env.distributed and not sync else contextlib.nullcontext()
+            with context:
+                out = self._forward(batch)
+                self.scaler.scale(out["loss"] / accum).backward()
+            for key, value in out.items():
+                totals[key] += float(value.detach()) / accum
+            self.position = {"epoch": int(batch["epoch"]), "position": int(batch["step"]) + 1,
+                             "world_size": self.env.world_size, "seed": self.cfg["seed"]}
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg["grad_clip"] is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["grad_clip"])
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        totals["grad_norm"] = float(norm)
+        totals["lr"] = self.optimizer.param_groups[0]["lr"]
+        return totals
+
+    def _forward(self, batch: dict) -> Dict[str, torch.Tensor]:
+        global_index = int(batch["step"]) * self.env.world_size + self.env.rank
+        torch.manual_seed(batch_seed(self.cfg["seed"], int(batch["epoch"]), global_index))
+        waveforms = batch["waveforms"].to(self.device, non_blocking=True)
+        with self._autocast():
+            targets = self.teacher(batch, waveforms, self.task.num_frames(waveforms.size(1)))
+            out = self.model(waveforms, targets, self.step)
+        loss = out["loss"]
+        if not all_true(bool(torch.isfinite(loss.detach()).item()), self.env):
+            last = self.last_checkpoint or "none (no checkpoint was written yet)"
+            raise NonFiniteLossError(
+                f"step {self.step + 1}: the loss is not finite ({float(loss.detach()):.4g} on rank {self.env.rank}: "
+                f"{', '.join(batch['utt_ids'][:4])}); training stopped, the last good checkpoint is {last}; "
+                f"lower lr, check the audio, or use amp bf16/none and resume with --resume")
+        return out
+
+    def _log(self, values: Dict[str, float], tensorboard: TensorBoard) -> None:
+        values = all_reduce_mean(values, self.env)
+        self.history.append(dict(values, step=self.step))
+        tensorboard.scalars("train", values, self.step)
+        logger.info("step %d/%d: %s", self.step, self.cfg["max_steps"], _format(values))
+
+    # ----- checkpoints ----------------------------------------------------------------------------------------
+    def _refuse_overwrite(self) -> bool:
+        check_fresh_experiment(self.exp_dir)
+        return False
+
+    def _save_checkpoint(self) -> None:
+        states = gather_objects(rng_state(), self.env)
+        if not self.env.is_main:
+            self.last_checkpoint = self.ckpt_dir / f"ckpt_step{self.step:08d}.pt"
+            return
+        ckpt = {
+            "format": CHECKPOINT_FORMAT, "version": 1, "step": self.step, "describe": self.task.describe(),
+            "task": {k: v.detach().cpu() for k, v in self.task.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "sampler": self.position, "rng": states,
+            "history": self.history, "config": self.cfg,
+        }
+        path = self.ckpt_dir / f"ckpt_step{self.step:08d}.pt"
+        atomic_save(ckpt, path)
+        self.last_checkpoint = path
+        for old in list_checkpoints(self.ckpt_dir)[: -self.cfg["keep_checkpoints"]]:
+            old.unlink()
+        logger.info("step %d: saved %s", self.step, path)
+
+    def _resume(self) -> bool:
+        for stale in self.ckpt_dir.glob(".ckpt_step*.pt.tmp*") if self.ckpt_dir.is_dir() else []:
+            stale.unlink(missing_ok=True)  # a save interrupted by a kill
+        found = list_checkpoints(self.ckpt_dir)
+        if not found:
+            logger.info("--resume: no checkpoint in %s, starting from scratch", self.ckpt_dir)
+            return False
+        path = found[-1]
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a corrupt file: atomic saves make this unlikely, but say which one
+            raise ResumeError(f"{path}: cannot read the checkpoint ({str(e).splitlines()[0]}); delete it to "
+                              f"resume from the one before") from None
+        if ckpt.get("describe") != self.task.describe():
+            raise ResumeError(f"{path}: was written for another student/method ({_diff(ckpt.get('describe'), self.task.describe())}); "
+                              f"resume with the same teacher, student and options, or use another --exp")
+        changed = {k for k in self.cfg if ckpt["config"].get(k) != self.cfg[k]}
+        if changed:
+            logger.warning("resuming with changed config keys %s: the run will differ from an uninterrupted one",
+                           sorted(changed))
+        self.task.load_state_dict(ckpt["task"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        try:
+            self.sampler.load_state_dict(ckpt["sampler"])
+        except ValueError as e:
+            raise ResumeError(f"{path}: {e}") from None
+        self.position = ckpt["sampler"]
+        if len(ckpt["rng"]) == self.env.world_size:
+            set_rng_state(ckpt["rng"][self.env.rank])
+        self.step = int(ckpt["step"])
+        self.history = list(ckpt["history"])
+        self.last_checkpoint = path
+        logger.info("resumed from %s (step %d)", path, self.step)
+        return True
+
+
+def _diff(old: Any, new: Any) -> str:
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return "no description"
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "differs in " + ", ".join(keys)
+
+
+def _format(values: Dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+
+
+def _postfix(terms: Dict[str, float]) -> Dict[str, str]:
+    postfix = {"loss": f"{terms['loss']:.3f}"}
+    if "expected_sparsity" in terms:
+        postfix["sparsity"] = f"{terms['expected_sparsity']:.3f}/{terms['target_sparsity']:.3f}"
+    return postfix
