@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from dphubert.models import CheckpointError, load_model, model_from_checkpoint, read_checkpoint, save_model
+from dphubert.models.checkpoint import extra_entries
 from dphubert.report import format_summary, model_summary, plot_architecture, write_summary
 
-MODEL_KEYS = ("format", "version", "config", "state_dict")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def run(args) -> dict:
         raise CheckpointError(f"{args.model}: still has pruning gates; prune it first "
                               f"(python -m dphubert.bin.prune --ckpt {args.model} --out pruned.pt)")
     teacher_params = load_model(args.teacher).num_params() if args.teacher else ckpt.get("teacher_num_params")
-    extra = {k: v for k, v in ckpt.items() if k not in MODEL_KEYS}
+    extra = extra_entries(ckpt)
     if teacher_params is not None:
         extra["teacher_num_params"] = int(teacher_params)
     out = Path(args.out)

@@ -24,9 +24,9 @@ import torch
 
 from dphubert.models import CheckpointError, PruningError, load_model, model_from_checkpoint, read_checkpoint
 from dphubert.models import save_model
+from dphubert.models.checkpoint import extra_entries
 from dphubert.report import format_summary, model_summary, plot_architecture, write_summary
 
-MODEL_KEYS = ("format", "version", "config", "state_dict")
 GAP_SECONDS = 2.0
 
 
@@ -91,7 +91,7 @@ def run(args) -> Dict[str, Any]:
     summary["pruning_output_gap"] = output_gap(gated, pruned, seed=args.seed)
 
     out = Path(args.out)
-    extra = {k: v for k, v in ckpt.items() if k not in MODEL_KEYS}
+    extra = extra_entries(ckpt)
     if teacher_params is not None:
         extra["teacher_num_params"] = teacher_params
     save_model(pruned, out, extra)

@@ -100,6 +100,14 @@ def load_model(path: Union[str, Path], trust_checkpoint: bool = False) -> Wav2Ve
     return model_from_checkpoint(read_checkpoint(path, trust_checkpoint), str(path))
 
 
+MODEL_KEYS = ("format", "version", "config", "state_dict")
+
+
+def extra_entries(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """What a model file carries besides the model (``distill_linear_projs``, ``teacher_num_params``, ...)."""
+    return {k: v for k, v in ckpt.items() if k not in MODEL_KEYS}
+
+
 def checkpoint_dict(model: Wav2Vec2Model, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     ckpt = {"format": FORMAT, "version": VERSION, "config": dict(model.config),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
