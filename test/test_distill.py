@@ -430,6 +430,18 @@ def test_distilhubert_student_matches_a_parameter_budget(work):
     assert torch.equal(s[key], t[key][:40])
 
 
+def test_baseline_too_small_to_match_names_the_recipe_fix(work, tmp_path, capsys):
+    """A DPHuBERT student smaller than the teacher's CNN + one layer cannot get a same-size baseline."""
+    small = Wav2Vec2Model(tiny_config("hubert", encoder_num_layers=1, encoder_ff_interm_features=4,
+                                      extractor_conv_layer_config=[[4, 10, 5], [4, 3, 2], [4, 3, 2], [4, 2, 2]]))
+    save_model(small, tmp_path / "pruned.pt")
+    status = run_cli(distilhubert, ["--teacher", work["teacher"], "--data", work["varied"], "--exp", tmp_path / "exp",
+                                    *FAST, "--match", tmp_path / "pruned.pt"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # (after the INFO line of the command)
+    assert status == 1 and error.startswith("python -m dphubert.bin.distilhubert: error: ")
+    assert str(tmp_path / "pruned.pt") in error and "--baseline false" in error and "smallest 1-layer" in error
+
+
 # ----- the CLIs end to end -----------------------------------------------------------------------------------------
 def _run(*args):
     proc = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True, text=True,

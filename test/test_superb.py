@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +109,7 @@ def test_run_downstream_train_then_evaluate_from_any_cwd(ks_setup, tmp_path):
     assert view == exp / "corpora" / "quick" / "speech_commands_v0.01"
     assert sorted(p.resolve() for p in view.glob("*/*.wav")) == \
         sorted((ks_setup / "corpus" / "speech_commands_v0.01").glob("*/*.wav"))
-    assert resolved["runner"]["total_steps"] == 30 and resolved["optimizer"]["lr"] == 1.0e-3  # quick + --set
+    assert resolved["runner"]["total_steps"] == 30 and resolved["optimizer"]["lr"] == 1.0e-2  # quick + --set
     assert (exp / "states-30.ckpt").exists() and (exp / "dev-best.ckpt").exists()
     assert "dev acc:" in train.stdout
 
@@ -124,8 +125,10 @@ def test_run_downstream_train_then_evaluate_from_any_cwd(ks_setup, tmp_path):
 
 def test_superb_stage_writes_results_for_two_models(ks_setup, tmp_path):
     out = tmp_path / "superb"
+    student = tmp_path / "b.pt"
+    shutil.copy(ks_setup / "b.pt", student)
     args = ["-m", "dphubert.bin.superb_stage", "--tasks", "ks", "--models", f"teacher={ks_setup / 'a.pt'}",
-            f"dphubert={ks_setup / 'b.pt'}", "--out", str(out), "--db", str(ks_setup / "db.sh"),
+            f"dphubert={student}", "--out", str(out), "--db", str(ks_setup / "db.sh"),
             "--num-threads", "1", "--set", *QUICK_KS]
     first = _run(args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -155,6 +158,21 @@ def test_superb_stage_writes_results_for_two_models(ks_setup, tmp_path):
     again = _run(args, cwd=tmp_path)  # finished pairs are skipped
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skipped") == 2 and "training" not in again.stdout
+
+    torch.manual_seed(5)  # a retrained student (new weights, same path): its pair runs again, the teacher's not
+    save_model(Wav2Vec2Model(tiny_config("hubert", encoder_num_layers=2)).eval(), student)
+    retrained = _run(args, cwd=tmp_path)
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    assert "teacher x KS: done before" in retrained.stdout and "dphubert x KS: done before" not in retrained.stdout
+    assert f"{student} changed since it ran" in retrained.stdout
+    values["dphubert"] = json.loads((out / "dphubert" / "ks" / "result.json").read_text())["Acc"]
+
+    # --jobs 2: both pairs again, at once in two worker processes; s3prl's seeding makes them repeat the values
+    parallel = _run([*args, "--force", "--jobs", "2"], cwd=tmp_path)
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    assert "2 model x task runs in 2 parallel jobs" in parallel.stdout and "skipped" not in parallel.stdout
+    data = json.loads((out / "results.json").read_text())
+    assert {name: data["results"][name]["ks"]["Acc"] for name in values} == pytest.approx(values)
 
 
 @pytest.mark.parametrize("case", ["unknown task", "no corpus", "missing dir", "not a model", "gated", "bad models"])
@@ -334,6 +352,15 @@ def test_libriphone_dataset_feeds_s3prl_ctc_loader(tmp_path):
     assert seen == {"u0": (8800 - 800, "HH AH L OW W ER L D"), "u1": (8800, "W ER L D"),
                     "u2": (9600, "HH AH L OW HH AH L OW W ER L D")}
     assert len(batches) == 2  # 3 utterances in buckets of 2
+
+    # Through the expert (as run_downstream calls it), every loader keeps num_workers: s3prl's load_dataset
+    # pops it from the shared corpus dict, so without our wrapper the second loader had 12 worker processes.
+    import s3prl.downstream.ctc.expert as ctc_expert
+
+    shared = dict(corpus)
+    loaders = [ctc_expert.load_dataset(split, tokenizer, shared) for split in ("train", "train", "dev")]
+    assert [loader.num_workers for loader in loaders] == [0, 0, 0]
+    assert shared["num_workers"] == 0
 
 
 def _libri(root: Path, split: str, utts):

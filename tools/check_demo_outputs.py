@@ -12,7 +12,18 @@ import math
 import sys
 from pathlib import Path
 
+import yaml
+
 from dphubert.models import load_model
+
+
+def target_sparsity(exp: Path):
+    """Step 1's target_sparsity from exp/<tag>/config.yaml (what distill_prune ran with), or None."""
+    config = exp / "config.yaml"
+    if not config.is_file():
+        return None
+    value = (yaml.safe_load(config.read_text()) or {}).get("target_sparsity")
+    return float(value) if value is not None else None
 
 
 def main(argv=None) -> int:
@@ -44,11 +55,18 @@ def main(argv=None) -> int:
     sparsity = 1 - student.num_params() / teacher.num_params()
     if not (0 < sparsity < 1) or not math.isfinite(sparsity):
         problems.append(f"implausible sparsity {sparsity}")
-    print(f"teacher {teacher.num_params():,} params; student {student.num_params():,} params "
-          f"(sparsity {sparsity:.3f}); summary keys: {', '.join(sorted(summary)[:6])}")
+    target = target_sparsity(exp)
+    print(f"teacher {teacher.num_params():,} params; student {student.num_params():,} params; "
+          f"sparsity {sparsity:.3f}" + (f" (target {target})" if target is not None else ""))
+    if target is not None and abs(sparsity - target) > 0.05:
+        print(f"note: the sparsity is {abs(sparsity - target):.2f} away from the target; Step 1 ran too few steps "
+              f"to reach it (see {exp}/training.png)")
+    print(f"pruned architecture per layer: {exp / 'architecture.png'}; summary: {exp / 'final' / 'summary.json'}")
     times = exp / "stage_times.txt"
     if times.is_file():
-        print("wall time per stage: " + "; ".join(times.read_text().split("\n")).strip("; "))
+        lines = [line for line in times.read_text().splitlines() if line.strip()]
+        total = sum(int(line.split(":")[1].split()[0]) for line in lines)
+        print("wall time per stage: " + "; ".join(lines) + f"; total {total} s ({total / 60:.1f} min)")
     print((exp / "superb" / "RESULTS.md").read_text())
     if problems:
         print("\n".join(problems), file=sys.stderr)

@@ -54,7 +54,15 @@ def target_from(args, cfg) -> Optional[int]:
 
 def build_task(cfg, teacher, args) -> DistilHubertTask:
     target = target_from(args, cfg)
-    num_layers, ffn_width = plan_distilhubert(teacher, target, cfg["num_layers"], cfg["ffn_width"])
+    try:
+        num_layers, ffn_width = plan_distilhubert(teacher, target, cfg["num_layers"], cfg["ffn_width"])
+    except DistillConfigError as e:
+        if args.match is None:
+            raise
+        # The usual cause in a recipe: Step 1 pruned the CNN, which this baseline keeps whole.
+        raise DistillConfigError(f"the baseline cannot be as small as {args.match} ({e}); this teacher's CNN and "
+                                 f"positional conv alone leave no room: lower target_sparsity of Step 1, or run "
+                                 f"the recipe with --baseline false") from None
     student = distilhubert_student(teacher, num_layers, ffn_width, cfg["student_overrides"])
     achieved = student.num_params()
     width = ffn_width if ffn_width is not None else "teacher's"

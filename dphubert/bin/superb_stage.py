@@ -4,15 +4,17 @@ Usage:
     python -m dphubert.bin.superb_stage --tasks "ks ic sid pr" \\
         --models teacher=exp/teacher/teacher.pt dphubert=exp/x/final/model.pt distilhubert=exp/x/distilhubert/model.pt \\
         --out exp/x/superb [--db db.sh] [--corpus VAR=PATH ...] [--full] [--er-folds "1 2 3 4 5"] \\
-        [--set runner.total_steps=500 ...] [--num-threads N] [--force]
+        [--set runner.total_steps=500 ...] [--num-threads N] [--jobs N] [--force]
 
 For every model x task: s3prl's run_downstream -m train (frozen upstream, learned weighted sum of the hidden
 states, the task's head), then -m evaluate on the test split with the best-on-dev checkpoint (ASV: the last),
 the metric parsed from s3prl's output. Writes OUT/RESULTS.md (a table like the paper's, best per column in
 bold), OUT/results.json and OUT/results.png; OUT/<model>/<task>/ holds each s3prl experiment and its logs.
-Finished pairs (OUT/<model>/<task>/.done) are skipped on a rerun; --force reruns them.
+Finished pairs (OUT/<model>/<task>/.done) are skipped on a rerun unless their model file changed since (a
+retrained model runs again); --force reruns them all. --jobs N runs N pairs at once in separate processes (a
+quick CPU run: --jobs <cores> --num-threads 1).
 
-By default the quick settings of dphubert/superb/configs/quick.yaml are used (a few hundred steps; the demo's
+By default the quick settings of dphubert/superb/configs/quick.yaml are used (150-1500 steps; the demo's
 mini-SUPERB); --full uses SUPERB's own step counts, batch sizes and learning rates.
 
 Tasks: pr ks ic sid er asr qbe sf asv sd. Corpus paths come from db.sh (default ./db.sh) or --corpus:
@@ -50,7 +52,11 @@ def get_parser() -> argparse.ArgumentParser:
                         help="memoise the frozen upstream's features per waveform (upstream dphubert_cached) "
                              "[on in quick mode, off with --full]")
     parser.add_argument("--cache-mb", type=int, default=3000, help="memory for the feature cache, MB")
-    parser.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="torch CPU threads of each run (0: torch's default)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="model x task runs at once, each in its own process (on a CPU: about cores / "
+                             "--num-threads)")
     parser.add_argument("--seed", type=int, default=1337, help="s3prl's --seed")
     parser.add_argument("--force", action="store_true", help="rerun finished model x task pairs")
     parser.add_argument("--verbose", action="store_true", help="also print s3prl's output (always in the logs)")
@@ -95,13 +101,16 @@ def main(argv=None) -> int:
         models = parse_models(args.models)
         db = args.db or (Path("db.sh") if Path("db.sh").is_file() else None)
         paths = corpora.corpus_paths(db, args.corpus)
+        if args.jobs < 1:
+            raise SuperbError(f"--jobs {args.jobs}: give 1 or more parallel runs")
         if args.num_threads:
             import torch
 
             torch.set_num_threads(args.num_threads)
         options = StageOptions(full=args.full, overrides=args.overrides, er_folds=parse_folds(args.er_folds, args.full),
                                force=args.force, seed=args.seed, quiet=not args.verbose,
-                               cache_features=args.feature_cache, cache_mb=args.cache_mb)
+                               cache_features=args.feature_cache, cache_mb=args.cache_mb,
+                               jobs=args.jobs, num_threads=args.num_threads)
         data = run_stage(models, tasks, args.out, paths, options, log=lambda m: print(m, flush=True))
     except SuperbError as e:
         print(f"superb_stage: error: {e}", file=sys.stderr)

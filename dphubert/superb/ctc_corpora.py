@@ -71,7 +71,28 @@ class LibriPhoneDataset(Dataset):
 
 
 def install() -> None:
-    """Make ``s3prl.downstream.ctc.corpus.libriphone`` importable (idempotent; keeps a real one)."""
+    """Make ``s3prl.downstream.ctc.corpus.libriphone`` importable (idempotent; keeps a real one), and make the
+    ctc expert honour ``corpus.num_workers`` on every loader (see ``_keep_corpus_options``)."""
+    _register_libriphone()
+    import s3prl.downstream.ctc.expert as expert
+
+    if not getattr(expert.load_dataset, "keeps_corpus_options", False):
+        expert.load_dataset = _keep_corpus_options(expert.load_dataset)
+
+
+def _keep_corpus_options(load_dataset):
+    """s3prl's ``ctc/data.py`` ``load_dataset`` pops ``num_workers`` from the expert's corpus config, so only the
+    first loader gets the configured count and every later one (each train epoch, dev, test) gets 12 worker
+    processes: slow on a small CPU, and the workers cannot import the LibriPhone module registered here when
+    the run is itself in a spawned process. Passing a copy keeps the option for every call."""
+    def load_with_copy(split, tokenizer, corpus):
+        return load_dataset(split, tokenizer, dict(corpus))
+
+    load_with_copy.keeps_corpus_options = True
+    return load_with_copy
+
+
+def _register_libriphone() -> None:
     import s3prl.downstream.ctc as ctc
 
     try:

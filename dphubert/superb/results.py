@@ -73,9 +73,9 @@ def markdown(data: dict) -> str:
         "# SUPERB results",
         "",
         f"Mode: **{settings['mode']}**. " + (
-            "Quick settings (configs/quick.yaml: a few hundred downstream steps, small batches): a smoke test of "
-            "the pipeline whose numbers are NOT comparable with SUPERB or the paper. Use --full for SUPERB's "
-            "step counts." if settings["mode"] == "quick" else
+            "Quick settings (configs/quick.yaml: 150-1500 downstream steps, small batches, capped splits): a "
+            "smoke test of the pipeline whose numbers are NOT comparable with SUPERB or the paper. Use --full for "
+            "SUPERB's step counts." if settings["mode"] == "quick" else
             "SUPERB's downstream settings (shipped configs)."),
         "Upstream frozen; s3prl learns a weighted sum of all hidden states and the task head. "
         "Each value is s3prl's own test-set metric (run_downstream -m evaluate); bold = best in the column.",

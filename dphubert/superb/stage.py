@@ -8,10 +8,14 @@ Layout under ``out``::
     <model>/er/fold<k>/             ER: one experiment per test fold (the task's value is their mean)
     results.json  RESULTS.md  results.png
 
-A pair with a ``.done`` marker is not rerun (``force=True`` reruns everything); a pair without one is started
-from scratch. A pair that fails is reported (one line, in RESULTS.md too) and the others still run.
+A pair with a ``.done`` marker is not rerun (``force=True`` reruns everything); a pair without one, or whose
+marker holds another sha1 of the model file (the model was retrained since), is started from scratch. A pair
+that fails is reported (one line, in RESULTS.md too) and the others still run. With ``StageOptions.jobs > 1``
+the pairs run in that many spawned worker processes (each with its own s3prl import and feature cache); the
+results are the same as one after the other (s3prl seeds every run).
 """
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -41,6 +45,8 @@ class StageOptions:
     quiet: bool = True                 # s3prl's own output goes to the logs only
     cache_features: Optional[bool] = None  # memoise upstream features (None: in quick mode only)
     cache_mb: int = 3000
+    jobs: int = 1                      # model x task pairs run at once, each in its own process
+    num_threads: int = 0               # torch threads of each such process (0: torch's default)
 
     @property
     def upstream(self) -> str:
@@ -55,6 +61,15 @@ class ModelInfo:
     params: int
     macs: Optional[float]
     macs_seconds: float = 10.0
+    digest: str = ""                   # sha1 of the model file: a pair's .done marker holds it
+
+
+def file_digest(path: str) -> str:
+    sha1 = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha1.update(block)
+    return sha1.hexdigest()
 
 
 def describe_models(models: Mapping[str, str]) -> Dict[str, ModelInfo]:
@@ -67,7 +82,8 @@ def describe_models(models: Mapping[str, str]) -> Dict[str, ModelInfo]:
     for name, path in models.items():
         model = running.check_model(path)
         macs = float(count_macs(model, seconds=10.0)["total"]) if count_macs else None
-        infos[name] = ModelInfo(name, str(Path(path).resolve()), model.num_params(), macs)
+        infos[name] = ModelInfo(name, str(Path(path).resolve()), model.num_params(), macs,
+                                digest=file_digest(path))
     return infos
 
 
@@ -132,7 +148,7 @@ def run_pair(model: ModelInfo, task: Task, variables: Mapping[str, object], expd
         values["feature_cache_hits"] = cache.hits - hits_before
         values["feature_cache_misses"] = cache.misses - misses_before
     results_mod.write_json(expdir / "result.json", values)
-    (expdir / DONE).touch()
+    (expdir / DONE).write_text(model.digest + "\n")
     return values
 
 
@@ -163,34 +179,18 @@ def run_stage(models: Mapping[str, str], tasks: Sequence[Task], out: Path, corpo
             variables[task.name] = subset_view(task.name, variables[task.name], quick_subsets(task),
                                                out / "corpora" / task.name / "quick")
 
+    pairs = [(name, task, fold) for name in infos for task in tasks for fold in _folds(task, options)]
+    outcomes = _run_pairs(pairs, infos, variables, out, options, log)
     results: Dict[str, Dict[str, dict]] = {name: {} for name in models}
     failures: Dict[str, Dict[str, str]] = {name: {} for name in models}
-    for name, info in infos.items():
+    for name in infos:
         for task in tasks:
-            fold_values = []
-            for fold in _folds(task, options):
-                expdir = _pair_dir(out, name, task, fold)
-                label = f"{name} x {task.title}" + (f" fold{fold}" if fold else "")
-                if (expdir / DONE).exists() and not options.force:
-                    fold_values.append(json.loads((expdir / "result.json").read_text()))
-                    log(f"[superb] {label}: done before ({expdir}/{DONE}); skipped")
-                    continue
-                log(f"[superb] {label}: training and evaluating (log: {expdir}/train.log)")
-                try:
-                    fold_values.append(run_pair(info, task, variables[task.name], expdir, options, fold))
-                except SuperbError as e:
-                    failures[name][task.name] = str(e)
-                except Exception as e:  # an s3prl failure in one pair must not lose the others
-                    failures[name][task.name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" \
-                                                f" (see {expdir}/train.log / evaluate.log)"
-                if task.name in failures[name]:
-                    log(f"[superb] {label}: FAILED: {failures[name][task.name]}")
-                    break
-                value = fold_values[-1]
-                log(f"[superb] {label}: {task.metric.name} {value[task.metric.name]:.2f} "
-                    f"({value.get('seconds', 0):.0f} s)")
-            if task.name not in failures[name] and fold_values:
-                results[name][task.name] = _mean(fold_values)
+            fold_outcomes = [outcomes[(name, task.name, fold)] for fold in _folds(task, options)]
+            failed = [o for o in fold_outcomes if isinstance(o, str)]
+            if failed:
+                failures[name][task.name] = failed[0]
+            else:
+                results[name][task.name] = _mean(fold_outcomes)
     data = {
         "settings": {"mode": "full" if options.full else "quick", "overrides": list(options.overrides),
                      "er_folds": list(options.er_folds), "seed": options.seed},
@@ -204,6 +204,84 @@ def run_stage(models: Mapping[str, str], tasks: Sequence[Task], out: Path, corpo
     }
     write_report(data, out)
     return data
+
+
+def _label(name: str, task: Task, fold: Optional[int]) -> str:
+    return f"{name} x {task.title}" + (f" fold{fold}" if fold else "")
+
+
+def _try_pair(info: ModelInfo, task: Task, variables: Mapping[str, object], expdir: Path, options: StageOptions,
+              fold: Optional[int]):
+    """run_pair's metrics, or a one-line reason when it failed (one failed pair must not lose the others)."""
+    try:
+        return run_pair(info, task, variables, expdir, options, fold)
+    except SuperbError as e:
+        return str(e)
+    except Exception as e:  # an s3prl failure
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        return f"{type(e).__name__}: {first_line} (see {expdir}/train.log / evaluate.log)"
+
+
+def _start_worker(num_threads: int, cache_mb: int) -> None:
+    if num_threads:
+        import torch
+
+        torch.set_num_threads(num_threads)
+    feature_cache.set_budget(cache_mb)
+
+
+def _run_pairs(pairs, infos: Mapping[str, ModelInfo], variables: Mapping[str, Mapping[str, object]], out: Path,
+               options: StageOptions, log) -> Dict[tuple, object]:
+    """{(model, task name, fold): metrics dict or failure reason}; pairs done before are read back.
+
+    With ``options.jobs > 1`` the pairs run in that many worker processes (each pair is a small, mostly
+    single-threaded job: on a CPU, two at once use two cores where one would leave a core idle).
+    """
+    outcomes: Dict[tuple, object] = {}
+    pending = []
+    for name, task, fold in pairs:
+        expdir = _pair_dir(out, name, task, fold)
+        done = expdir / DONE
+        if done.exists() and not options.force and done.read_text().strip() == infos[name].digest:
+            outcomes[(name, task.name, fold)] = json.loads((expdir / "result.json").read_text())
+            log(f"[superb] {_label(name, task, fold)}: done before ({done}); skipped")
+        else:
+            if done.exists() and not options.force:
+                log(f"[superb] {_label(name, task, fold)}: {infos[name].path} changed since it ran; running again")
+            pending.append((name, task, fold, expdir))
+
+    def report(name, task, fold, outcome):
+        outcomes[(name, task.name, fold)] = outcome
+        if isinstance(outcome, str):
+            log(f"[superb] {_label(name, task, fold)}: FAILED: {outcome}")
+        else:
+            log(f"[superb] {_label(name, task, fold)}: {task.metric.name} {outcome[task.metric.name]:.2f} "
+                f"({outcome.get('seconds', 0):.0f} s)")
+
+    if options.jobs <= 1 or len(pending) <= 1:
+        for name, task, fold, expdir in pending:
+            log(f"[superb] {_label(name, task, fold)}: training and evaluating (log: {expdir}/train.log)")
+            report(name, task, fold, _try_pair(infos[name], task, variables[task.name], expdir, options, fold))
+        return outcomes
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    log(f"[superb] {len(pending)} model x task runs in {options.jobs} parallel jobs "
+        f"(logs: {out}/<model>/<task>/train.log)")
+    context = multiprocessing.get_context("spawn")  # s3prl and torch state must not be forked
+    with ProcessPoolExecutor(options.jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(options.num_threads, options.cache_mb)) as pool:
+        futures = {pool.submit(_try_pair, infos[name], task, variables[task.name], expdir, options, fold):
+                   (name, task, fold) for name, task, fold, expdir in pending}
+        for future in as_completed(futures):
+            name, task, fold = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as e:  # the worker process itself died (killed, out of memory)
+                outcome = f"{type(e).__name__}: the worker process running it stopped"
+            report(name, task, fold, outcome)
+    return outcomes
 
 
 def _mean(values: List[Dict[str, float]]) -> Dict[str, float]:

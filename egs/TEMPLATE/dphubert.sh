@@ -93,22 +93,46 @@ launcher() {
         echo "${python}"
     fi
 }
-# Wall time per stage, for the summary at the end (exp/<tag>/stage_times.txt).
-stage_started() { _stage_t0=${SECONDS}; }
-stage_finished() { echo "stage $1: $(( SECONDS - _stage_t0 )) s" >> "${expdir}/stage_times.txt"; }
-resume_flag() { if [ -d "$1/checkpoints" ]; then echo "--resume"; fi; }
+# Wall time per stage, for the summary at the end (exp/<tag>/stage_times.txt, one line per stage that ran;
+# a rerun replaces its stage's line, a skipped stage keeps the time of the run that did the work).
+stage_started() { _stage_t0=${SECONDS}; _stage_ran=true; }
+stage_skipped() { _stage_ran=false; }  # after the log line saying why
+stage_finished() {
+    [ "${_stage_ran}" = true ] || return 0
+    local times="${expdir}/stage_times.txt"
+    { [ -f "${times}" ] && grep -v "^stage $1:" "${times}"; echo "stage $1: $(( SECONDS - _stage_t0 )) s"; } \
+        | sort -k2,2n > "${times}.tmp"
+    mv "${times}.tmp" "${times}"
+}
+# A killed training run resumes from DIR/checkpoints; with --force true it starts again, and the old
+# checkpoints are kept aside in DIR/checkpoints.before_force (one generation) instead of being resumed.
+resume_flag() {
+    [ -d "$1/checkpoints" ] || return 0
+    if [ "${force}" = true ]; then
+        rm -rf "$1/checkpoints.before_force"
+        mv "$1/checkpoints" "$1/checkpoints.before_force"
+        log "--force true: training $1 from scratch (its old checkpoints are in $1/checkpoints.before_force)"
+    else
+        echo "--resume"
+    fi
+}
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
     stage_started
     if stage_done "${teacher_dir}" 0; then
-        log "Stage 0: teacher ready (${teacher_pt}); skipped (--force true reruns it)"
+        log "Stage 0: teacher ready (${teacher_pt}); skipped (--force true reruns it)"; stage_skipped
     else
         mkdir -p "${teacher_dir}"
         if [ "${teacher_format}" = pretrain ]; then
-            log "Stage 0: pretraining a small HuBERT teacher on data/${train_set} (log: ${teacher_dir}/pretrain.log)"
+            log "Stage 0: pretraining a small HuBERT teacher on data/${train_set}" \
+                "(log: ${teacher_dir}/logs/pretrain.log)"
             # The demo pretrains on its own corpus, so the corpus must exist first.
             local/data.sh ${local_data_opts}
-            ${train_cmd} --num-threads "${nj}" "${teacher_dir}/pretrain.log" \
+            if [ "${force}" = true ] && [ -f "${teacher_dir}/pretrain_checkpoint.pt" ]; then
+                mv "${teacher_dir}/pretrain_checkpoint.pt" "${teacher_dir}/pretrain_checkpoint.pt.before_force"
+                log "--force true: pretraining from scratch (the old checkpoint is kept as *.before_force)"
+            fi
+            ${train_cmd} --num-threads "${nj}" "${teacher_dir}/logs/pretrain.log" \
                 ${python} -m dphubert.bin.pretrain_hubert --config "${pretrain_config}" \
                 --data "data/${train_set}" --out "${teacher_pt}" --resume
         else
@@ -127,7 +151,7 @@ fi
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     stage_started
     if stage_done data 1; then
-        log "Stage 1: data ready; skipped (--force true reruns it)"
+        log "Stage 1: data ready; skipped (--force true reruns it)"; stage_skipped
     else
         log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
         local/data.sh ${local_data_opts}
@@ -157,7 +181,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     [ -f "${teacher_pt}" ] || die "${teacher_pt} is missing: run stage 0 first (./run.sh --stage 0 --stop_stage 0)"
     [ -f "data/${train_set}/utt2num_samples" ] || die "data/${train_set} is not prepared: run stage 1 first"
     if stage_done "${expdir}" 3; then
-        log "Stage 3: ${expdir}/pruned.pt exists; skipped (--force true reruns it)"
+        log "Stage 3: ${expdir}/pruned.pt exists; skipped (--force true reruns it)"; stage_skipped
     else
         write_rerun_script 3
         feats=""
@@ -179,7 +203,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     stage_started
     [ -f "${expdir}/pruned.pt" ] || die "${expdir}/pruned.pt is missing: run stage 3 first"
     if stage_done "${expdir}" 4; then
-        log "Stage 4: ${expdir}/final/model.pt exists; skipped (--force true reruns it)"
+        log "Stage 4: ${expdir}/final/model.pt exists; skipped (--force true reruns it)"; stage_skipped
     else
         write_rerun_script 4
         log "Stage 4: final distillation -> ${expdir}/final (log: ${logdir}/final_distill.log)"
@@ -209,11 +233,22 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; th
     [ -f "${expdir}/final/model.pt" ] || die "${expdir}/final/model.pt is missing: run stage 4 first"
     models="teacher=${teacher_pt} dphubert=${expdir}/final/model.pt"
     [ -f "${expdir}/distilhubert/model.pt" ] && models="${models} distilhubert=${expdir}/distilhubert/model.pt"
-    log "Stage 5: SUPERB tasks '${superb_tasks}' -> ${expdir}/superb (log: ${logdir}/superb.log)"
-    ${cuda_cmd} --gpu "$(( ngpu > 0 ? 1 : 0 ))" "${logdir}/superb.log" \
-        ${python} -m dphubert.bin.superb_stage --tasks "${superb_tasks}" --models ${models} \
-        --out "${expdir}/superb" ${superb_opts}
-    log "Stage 5: results in ${expdir}/superb/RESULTS.md"
+    # The marker holds what was evaluated: other tasks, options or models (or a model retrained since: its size
+    # and time) run stage 5 again, where superb_stage keeps the pairs that are still valid.
+    model_stamps=$(for m in ${models}; do stat -c '%s@%Y' "${m#*=}"; done | tr '\n' ' ')
+    superb_run="tasks: ${superb_tasks}; models: ${models} (${model_stamps% }); options: ${superb_opts}"
+    if [ "${force}" = false ] && [ -f "${expdir}/.done.5" ] && [ "$(cat "${expdir}/.done.5")" = "${superb_run}" ]; then
+        log "Stage 5: ${expdir}/superb/RESULTS.md is up to date; skipped (--force true reruns it)"; stage_skipped
+    else
+        log "Stage 5: SUPERB tasks '${superb_tasks}' -> ${expdir}/superb (log: ${logdir}/superb.log)"
+        superb_force=""
+        [ "${force}" = true ] && superb_force="--force"  # else pairs finished before are kept
+        ${cuda_cmd} --gpu "$(( ngpu > 0 ? 1 : 0 ))" "${logdir}/superb.log" \
+            ${python} -m dphubert.bin.superb_stage --tasks "${superb_tasks}" --models ${models} \
+            --out "${expdir}/superb" ${superb_opts} ${superb_force}
+        echo "${superb_run}" > "${expdir}/.done.5"
+        log "Stage 5: results in ${expdir}/superb/RESULTS.md"
+    fi
     stage_finished 5
 fi
 
