@@ -1,14 +1,19 @@
 """Step-1 training speed on this machine, as ratios measured in one run (machines are noisy).
 
-    python bench/train_speed.py [--steps 6] [--batch-seconds 16] [--utts 40] [--workdir DIR]
+    python bench/train_speed.py [--steps 6] [--batch-seconds 16] [--utts 40] [--rounds 2] [--workdir DIR]
 
 With a HuBERT-Base-shaped teacher and student (random weights) on generated audio, runs the real
-``dphubert.bin.distill_prune`` twice, with the teacher online and with dumped teacher features
-(``dphubert.bin.dump_teacher``), and prints: seconds of audio trained per wall-second, the share of the step
-spent waiting for data, and dumped-feature vs online-teacher throughput. The first step (warm-up) is excluded.
+``dphubert.bin.distill_prune`` with the teacher online and with dumped teacher features
+(``dphubert.bin.dump_teacher``), each run in a fresh process, alternated for ``--rounds`` rounds, and prints
+(medians): seconds of audio trained per wall-second, the share of the step spent waiting for data, and
+dumped-feature vs online-teacher throughput. The first step (warm-up) of each run is excluded.
 """
 
 import argparse
+import json
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,35 +73,58 @@ def run(args, exp: Path, extra) -> dict:
     return {"audio_per_s": audio / wall, "data_share": waited / wall, "total_s": time.perf_counter() - start}
 
 
+def run_alone(args, mode: str) -> dict:
+    """One measurement in a fresh process: a second training run in the same process is slower (measured: the
+    online teacher 2.5 -> 1.8 s of audio/s when run after the dumped one), and the recipes run each stage alone."""
+    cmd = [sys.executable, __file__, "--measure", mode, "--workdir", str(args.workdir), "--steps", str(args.steps),
+           "--batch-seconds", str(args.batch_seconds), "--utts", str(args.utts)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the {mode} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-seconds", type=float, default=16.0)
     parser.add_argument("--utts", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=2, help="online/dumped pairs, alternated; medians reported")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--measure", choices=["online", "dumped"], help=argparse.SUPPRESS)  # one run (internal)
     args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="dphubert-train-speed-"))
-    distill_cli.Trainer = TimedTrainer
+    if args.measure:
+        distill_cli.Trainer = TimedTrainer
+        extra = ["--teacher-feats", str(args.workdir / "dump")] if args.measure == "dumped" else []
+        args.data, args.teacher = args.workdir / "data", args.workdir / "teacher.pt"
+        result = run(args, args.workdir / f"exp_{args.measure}_{time.time_ns()}", extra)
+        print(json.dumps(result))
+        return
+    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dphubert-train-speed-"))
+    work = args.workdir
     torch.manual_seed(0)
     args.data = make_data(work, args.utts)
     args.teacher = work / "teacher.pt"
     save_model(Wav2Vec2Model(base_config("hubert")), args.teacher)
     print(f"HuBERT-Base-shaped teacher and student, {args.steps} steps of ~{args.batch_seconds:g} s audio, "
-          f"{torch.get_num_threads()} threads, work dir {work}")
-
-    online = run(args, work / "exp_online", [])
+          f"{torch.get_num_threads()} threads, work dir {work}; each run in its own process")
     start = time.perf_counter()
     dump_teacher.main(["--teacher", str(args.teacher), "--data", str(args.data), "--layers", "0,4,8,12",
                        "--out", str(work / "dump")])
     dump_s = time.perf_counter() - start
-    dumped = run(args, work / "exp_dumped", ["--teacher-feats", str(work / "dump")])
+    runs = {"online": [], "dumped": []}
+    for _ in range(args.rounds):
+        for mode in runs:
+            runs[mode].append(run_alone(args, mode))
+    online, dumped = ({key: statistics.median(r[key] for r in runs[mode]) for key in runs[mode][0]}
+                      for mode in ("online", "dumped"))
 
     print(f"online teacher: {online['audio_per_s']:.2f} s of audio per second; "
           f"data loading {100 * online['data_share']:.1f}% of the step (goal < 5%)")
     print(f"dumped features: {dumped['audio_per_s']:.2f} s of audio per second; "
           f"data loading {100 * dumped['data_share']:.1f}% of the step")
     print(f"dumped vs online throughput: {dumped['audio_per_s'] / online['audio_per_s']:.2f}x "
-          f"(the dump itself took {dump_s:.1f} s for {args.utts} utterances)")
+          f"(medians of {args.rounds} runs each; the dump itself took {dump_s:.1f} s for {args.utts} utterances)")
 
 
 if __name__ == "__main__":

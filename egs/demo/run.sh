@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The self-contained demo: a corpus synthesised with espeak-ng, a small HuBERT teacher pretrained in stage 0,
-# DPHuBERT compression (stages 3-4) and a mini-SUPERB (KS, IC, SID, PR) with s3prl's own task code (stage 5).
+# DPHuBERT compression (stages 3-4) and a mini-SUPERB (KS and PR; IC and SID with --superb_tasks) with s3prl's own
+# task code (stage 5).
 #     ./run.sh                                   # everything, from scratch (make demo)
 #     ./run.sh --stage 3                         # from distill-prune on, after stages 0-2 ran
 #     ./run.sh --config conf/smoke.sh            # the reduced setting CI runs (a few minutes)
