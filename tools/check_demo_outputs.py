@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     teacher = load_model(required[0])
     student = load_model(exp / "final" / "model.pt")
     summary = json.loads((exp / "final" / "summary.json").read_text())
+    if summary.get("params") != student.num_params():
+        problems.append(f"{exp}/final/summary.json says {summary.get('params')} params, the model has "
+                        f"{student.num_params()}")
     if not student.num_params() < teacher.num_params():
         problems.append(f"the student ({student.num_params():,}) is not smaller than the teacher")
     results = json.loads((exp / "superb" / "results.json").read_text())
@@ -59,8 +62,8 @@ def main(argv=None) -> int:
     print(f"teacher {teacher.num_params():,} params; student {student.num_params():,} params; "
           f"sparsity {sparsity:.3f}" + (f" (target {target})" if target is not None else ""))
     if target is not None and abs(sparsity - target) > 0.05:
-        print(f"note: the sparsity is {abs(sparsity - target):.2f} away from the target; Step 1 ran too few steps "
-              f"to reach it (see {exp}/training.png)")
+        print(f"note: the sparsity is {abs(sparsity - target):.2f} away from the target: Step 1 did not settle on "
+              f"it (see the sparsity curve in {exp}/training.png)")
     print(f"pruned architecture per layer: {exp / 'architecture.png'}; summary: {exp / 'final' / 'summary.json'}")
     times = exp / "stage_times.txt"
     if times.is_file():

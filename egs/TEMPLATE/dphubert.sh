@@ -237,7 +237,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; th
     # and time) run stage 5 again, where superb_stage keeps the pairs that are still valid.
     model_stamps=$(for m in ${models}; do stat -c '%s@%Y' "${m#*=}"; done | tr '\n' ' ')
     superb_run="tasks: ${superb_tasks}; models: ${models} (${model_stamps% }); options: ${superb_opts}"
-    if [ "${force}" = false ] && [ -f "${expdir}/.done.5" ] && [ "$(cat "${expdir}/.done.5")" = "${superb_run}" ]; then
+    if [ "${force}" = false ] && [ "$(cat "${expdir}/.done.5" 2>/dev/null)" = "${superb_run}" ]; then
         log "Stage 5: ${expdir}/superb/RESULTS.md is up to date; skipped (--force true reruns it)"; stage_skipped
     else
         log "Stage 5: SUPERB tasks '${superb_tasks}' -> ${expdir}/superb (log: ${logdir}/superb.log)"
