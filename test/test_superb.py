@@ -284,7 +284,7 @@ def test_report_bolds_the_best_per_column_and_names_winners(tmp_path):
     text = results.markdown(data)
     assert "| teacher | 94.68 | 1670.00 | 96.30 | **5.41** |" in text
     assert "| dphubert | 23.59 | 650.00 | **96.36** | 9.67 |" in text
-    assert "| distilhubert | 23.49 | TODO | 95.98 | failed |" in text
+    assert "| distilhubert | 23.49 | n/a | 95.98 | failed |" in text
     assert "- KS (Acc ↑): best dphubert with 96.36; ranking (best first): dphubert 96.36, teacher 96.30, " \
            "distilhubert 95.98" in text
     assert "- PR (PER ↓): best teacher with 5.41" in text
@@ -295,7 +295,7 @@ def test_report_bolds_the_best_per_column_and_names_winners(tmp_path):
     tied = results.markdown(data)
     assert "best dphubert, distilhubert (tie) with 96.36; ranking (best first): dphubert 96.36 = distilhubert 96.36, " \
            "teacher 96.30" in tied
-    assert "| distilhubert | 23.49 | TODO | **96.36** | failed |" in tied
+    assert "| distilhubert | 23.49 | n/a | **96.36** | failed |" in tied
 
 
 def test_parse_tasks_order_and_separators():

@@ -12,18 +12,14 @@ import math
 import sys
 from pathlib import Path
 
-import yaml
-
+from dphubert.distill import load_config
 from dphubert.models import load_model
 
 
 def target_sparsity(exp: Path):
     """Step 1's target_sparsity from exp/<tag>/config.yaml (what distill_prune ran with), or None."""
     config = exp / "config.yaml"
-    if not config.is_file():
-        return None
-    value = (yaml.safe_load(config.read_text()) or {}).get("target_sparsity")
-    return float(value) if value is not None else None
+    return float(load_config("distill_prune", config)["target_sparsity"]) if config.is_file() else None
 
 
 def main(argv=None) -> int:

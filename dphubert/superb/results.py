@@ -84,7 +84,7 @@ def markdown(data: dict) -> str:
         "|" + "|".join("---" for _ in header) + "|",
     ]
     for name, info in models.items():
-        row = [name, f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e9:.2f}" if info.get("macs") else "TODO"]
+        row = [name, f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e9:.2f}" if info.get("macs") else "n/a"]
         for task, metric_name in columns:
             value = results.get(name, {}).get(task.name, {}).get(metric_name)
             if value is None and task.name in failures.get(name, {}):
