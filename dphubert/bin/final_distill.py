@@ -3,7 +3,7 @@
 The projections of Step 1 are carried over from the pruned file's ``distill_linear_projs`` (layers and sharing
 groups from its ``distill`` entry; released DPHuBERT files without it use the default layers and share the
 projections whose weights are equal). Layer 0 is what Step 1 used (``distill.layer0``; ``transformer_input`` for
-files without it, e.g. the released ones, whose Step 1 used ``projection``), unless ``layer0`` is set.
+files without it), unless ``layer0`` is set: the released files were trained with ``--layer0 projection``.
 
 Usage::
 
