@@ -74,6 +74,7 @@ def release_config(config: Dict[str, Any]) -> Dict[str, Any]:
     keys = WAVLM_KEYS if is_wavlm(config) else WAV2VEC2_KEYS
     out = {key: copy.deepcopy(config[key]) for key in keys}
     out["extractor_conv_layer_config"] = [tuple(int(v) for v in layer) for layer in out["extractor_conv_layer_config"]]
+    out["aux_num_out"] = None  # our models carry no fine-tuning head (load_model drops aux.*)
     return out
 
 
