@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from dphubert.bin import convert as convert_cli
 from dphubert.convert import ConvertError, convert, from_fairseq, from_hf, from_torchaudio, parse_conv_layers
-from dphubert.models import CheckpointError, Wav2Vec2Model, load_model, normalize_config
+from dphubert.models import CheckpointError, Wav2Vec2Model, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -409,45 +409,7 @@ def test_torchaudio_bundle_style_inputs_and_errors(tmp_path):
 
 
 # ----- our files and the released schema ----------------------------------------------------------------------------
-def _released_config(wavlm: bool):
-    config = dict(extractor_mode="group_norm", extractor_conv_layer_config=[[32, 10, 5], [24, 3, 2], [20, 3, 2]],
-                  extractor_conv_bias=False, encoder_embed_dim=32, encoder_projection_dropout=0.1,
-                  encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4, encoder_num_layers=2,
-                  encoder_use_attention=[True, True], encoder_use_feed_forward=[True, False],
-                  encoder_attention_dropout=0.1, encoder_ff_interm_features=[40, 0], encoder_ff_interm_dropout=0.0,
-                  encoder_dropout=0.1, encoder_layer_norm_first=False, encoder_layer_drop=0.0, aux_num_out=None,
-                  normalize_waveform=False, extractor_prune_conv_channels=False,
-                  encoder_prune_attention_heads=False, encoder_prune_attention_layer=False,
-                  encoder_prune_feed_forward_intermediate=False, encoder_prune_feed_forward_layer=False)
-    if wavlm:
-        config.update(encoder_total_num_heads=[4, 4], encoder_remaining_heads=[[0, 2, 3], [1]],
-                      encoder_num_buckets=32, encoder_max_distance=64)
-    else:
-        config.update(encoder_num_heads=[3, 1], encoder_head_dim=8)
-    return config
-
-
-@pytest.mark.parametrize("spelling", ["weight_g", "parametrizations"])
-@pytest.mark.parametrize("wavlm", [False, True], ids=["hubert", "wavlm"])
-def test_released_schema_through_convert_and_cli_main(tmp_path, wavlm, spelling):
-    config = _released_config(wavlm)
-    original = _perturb(Wav2Vec2Model(normalize_config(dict(config))))
-    state = {}
-    for key, value in original.state_dict().items():
-        if spelling == "parametrizations":
-            key = key.replace("conv.weight_g", "conv.parametrizations.weight.original0")
-            key = key.replace("conv.weight_v", "conv.parametrizations.weight.original1")
-        state[key] = value
-    projections = {"0.weight": torch.eye(32), "0.bias": torch.zeros(32), "1.weight": torch.eye(32)}
-    torch.save({"state_dict": state, "config": config, "distill_linear_projs": projections}, tmp_path / "rel.pth")
-    x = torch.randn(1, SAMPLES)
-    expected, _ = _our_states(original, x)
-    for model in (load_model(tmp_path / "rel.pth"), convert("dphubert", tmp_path / "rel.pth")):
-        assert _max_diff(_our_states(model, x)[0], expected) == 0.0
-    assert convert_cli.main(["--from", "dphubert", str(tmp_path / "rel.pth"), "--out", str(tmp_path / "out.pt")]) == 0
-    saved = torch.load(tmp_path / "out.pt", weights_only=True)
-    assert saved["format"] == "dphubert" and saved["converted_from"]["kind"] == "dphubert"
-    assert _max_diff(_our_states(load_model(tmp_path / "out.pt"), x)[0], expected) == 0.0
+# Files of the paper's reference code (the released DPHuBERT/DPWavLM schema) are tested in test_release_files.py.
 
 
 # ----- the CLI ------------------------------------------------------------------------------------------------------

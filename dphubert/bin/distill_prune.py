@@ -47,12 +47,13 @@ def build_task(cfg, teacher, args) -> LayerDistillTask:
     check_teacher_student(teacher, student, layers)
     teacher_params = teacher.num_params()
     maximum = check_target_sparsity(student, teacher_params, cfg["target_sparsity"])
-    logger.info("target sparsity %.4f (maximum reachable %.4f with prune_units %s); distilling layers %s, "
-                "projection groups %s", cfg["target_sparsity"], maximum, cfg["prune_units"], layers, groups)
+    logger.info("target sparsity %.4f (maximum reachable %.4f with prune_units %s); distilling layers %s "
+                "(layer 0: %s), projection groups %s", cfg["target_sparsity"], maximum, cfg["prune_units"], layers,
+                cfg["layer0"], groups)
     dim_s, dim_t = student.config["encoder_embed_dim"], teacher.config["encoder_embed_dim"]
     projections = LayerProjections(layers, groups, dim_s, dim_t)
     regularizer = LagrangianRegularizer(teacher_params, cfg["target_sparsity"], cfg["sparsity_warmup_steps"])
-    return LayerDistillTask(student, projections, loss_weights(cfg), regularizer, method=METHOD)
+    return LayerDistillTask(student, projections, loss_weights(cfg), regularizer, method=METHOD, layer0=cfg["layer0"])
 
 
 def _main(argv: Optional[List[str]] = None) -> None:

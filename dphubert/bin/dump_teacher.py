@@ -3,7 +3,7 @@
 Usage::
 
     python -m dphubert.bin.dump_teacher --teacher teacher.pt --data data/train --layers 0,4,8,12 \\
-        --out dump/teacher/train [--device cuda] [--skip-bad-audio]
+        --out dump/teacher/train [--device cuda] [--skip-bad-audio] [--layer0 projection]
 
 Writes ``<out>/feats.ark`` + ``<out>/feats.scp`` (kaldiio; float16 ``(frames, dim)`` matrices keyed
 ``<utt>-L<layer>``), ``<out>/meta.yaml`` and, with ``--skip-bad-audio``, ``<out>/skipped.txt``. Re-running the
@@ -27,6 +27,7 @@ from dphubert.distill.projections import default_distill_layers
 from dphubert.distill.report import setup_logging
 from dphubert.distill.students import load_teacher
 from dphubert.distill.teacher import dump_teacher_features
+from dphubert.models.model import LAYER0_CHOICES
 
 PROG = "python -m dphubert.bin.dump_teacher"
 
@@ -37,6 +38,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="Kaldi data dir")
     parser.add_argument("--out", type=Path, required=True, help="output dir (resumed if it exists)")
     parser.add_argument("--layers", default=None, help="comma-separated hidden-state indices, e.g. 0,4,8,12")
+    parser.add_argument("--layer0", default="transformer_input", choices=LAYER0_CHOICES,
+                        help="what state 0 is; must equal the training config's layer0 (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--skip-bad-audio", action="store_true", help="skip unreadable/empty utterances")
     parser.add_argument("--resample", action="store_true", help="resample non-16 kHz audio instead of failing")
@@ -60,7 +63,7 @@ def _main(argv: Optional[List[str]] = None) -> None:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     counts = dump_teacher_features(teacher, args.data, layers, args.out, teacher_path=str(args.teacher),
                                    device=device, skip_bad_audio=args.skip_bad_audio, resample=args.resample,
-                                   downmix=args.downmix)
+                                   downmix=args.downmix, layer0=args.layer0)
     log.info("%s: %d utterances dumped, %d already done, %d skipped (bad audio); layers %s", args.out,
              counts["written"], counts["skipped_done"], counts["bad"], layers)
 

@@ -2,7 +2,8 @@
 
 The projections of Step 1 are carried over from the pruned file's ``distill_linear_projs`` (layers and sharing
 groups from its ``distill`` entry; released DPHuBERT files without it use the default layers and share the
-projections whose weights are equal).
+projections whose weights are equal). Layer 0 is what Step 1 used (``distill.layer0``; ``transformer_input`` for
+files without it), unless ``layer0`` is set: the released files were trained with ``--layer0 projection``.
 
 Usage::
 
@@ -51,7 +52,8 @@ def build_task(cfg, teacher, args) -> LayerDistillTask:
             f"{args.student}: projections map (frames, {projections.in_dim}) -> (frames, {projections.out_dim}) but "
             f"the student gives (frames, {dim_s}) and the teacher {args.teacher} (frames, {dim_t})")
     check_teacher_student(teacher, student, projections.layers)
-    return LayerDistillTask(student, projections, loss_weights(cfg), None, method=METHOD)
+    layer0 = cfg["layer0"] or meta.get("layer0", "transformer_input")  # null: what Step 1 distilled
+    return LayerDistillTask(student, projections, loss_weights(cfg), None, method=METHOD, layer0=layer0)
 
 
 def _main(argv: Optional[List[str]] = None) -> None:

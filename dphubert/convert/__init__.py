@@ -14,9 +14,9 @@ file and the fix). The CLI is ``python -m dphubert.bin.convert``.
 """
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-from ..models.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
+from ..models.checkpoint import CheckpointError, extra_entries, model_from_checkpoint, read_checkpoint
 from ..models.model import Wav2Vec2Model
 from .common import ConvertError, summary
 from .fairseq import from_fairseq, parse_conv_layers
@@ -47,6 +47,12 @@ def convert(source_kind: str, src: Union[str, Path, Dict[str, Any]], trust_check
 def from_dphubert(path: Union[str, Path], trust_checkpoint: bool = False,
                   normalize_waveform: Optional[bool] = None) -> Wav2Vec2Model:
     """Our own files and the released DPHuBERT / DPWavLM files (``{"state_dict", "config", ...}``)."""
+    return read_dphubert(path, trust_checkpoint, normalize_waveform)[0]
+
+
+def read_dphubert(path: Union[str, Path], trust_checkpoint: bool = False,
+                  normalize_waveform: Optional[bool] = None) -> Tuple[Wav2Vec2Model, Dict[str, Any]]:
+    """``from_dphubert`` plus the file's other entries (``distill_linear_projs``, ``distill``, ...)."""
     ckpt = read_checkpoint(path, trust_checkpoint)
     if isinstance(ckpt, dict) and "config" in ckpt and "state_dict" in ckpt:
         if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["state_dict"], dict):
@@ -54,8 +60,8 @@ def from_dphubert(path: Union[str, Path], trust_checkpoint: bool = False,
                                f"{type(ckpt['config']).__name__} and {type(ckpt['state_dict']).__name__})")
     if normalize_waveform is not None and isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
         ckpt = {**ckpt, "config": {**ckpt["config"], "normalize_waveform": bool(normalize_waveform)}}
-    return model_from_checkpoint(ckpt, str(path))
+    return model_from_checkpoint(ckpt, str(path)), extra_entries(ckpt)
 
 
 __all__ = ["KINDS", "CheckpointError", "ConvertError", "convert", "from_dphubert", "from_fairseq", "from_hf",
-           "from_torchaudio", "infer_config", "parse_conv_layers", "summary"]
+           "from_torchaudio", "infer_config", "parse_conv_layers", "read_dphubert", "summary"]

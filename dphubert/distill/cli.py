@@ -123,10 +123,11 @@ def run_training(args: argparse.Namespace, method: str,
     valid_set = None
     if args.valid is not None:
         valid_set = load_data(args.valid, cfg, args.skip_bad_audio, exp_dir / "skipped_valid.txt" if is_main else None)
-    online = OnlineTeacher(teacher, task.teacher_layers)
+    online = OnlineTeacher(teacher, task.teacher_layers, task.layer0)
     if args.teacher_feats is not None:
         reader = TeacherFeatureReader(args.teacher_feats)
-        reader.check_compatible(task.teacher_layers, teacher.config["encoder_embed_dim"], stride, train_set.utt_ids)
+        reader.check_compatible(task.teacher_layers, teacher.config["encoder_embed_dim"], stride, train_set.utt_ids,
+                                task.layer0)
         targets = DumpedTeacher(reader, task.teacher_layers)
     else:
         targets = online

@@ -60,8 +60,13 @@ OPTIONS: Dict[str, Option] = {
     "cos_weight": Option("float", "weight of the cosine term"),
     "l2_weight": Option("float", "weight of the mean squared error (0: off)"),
     "cos_type": Option("str", "cosine term: raw (-cos) or log_sig (-log sigmoid(cos))", ("raw", "log_sig")),
-    "distill_layers": Option("list|null", "teacher/student layers to distil (0 = transformer input); null: "
+    "distill_layers": Option("list|null", "teacher/student layers to distil (0: see layer0); null: "
                                           "0 and every third of the depth, e.g. [0, 4, 8, 12] for 12 layers"),
+    "layer0": Option("str|null", "what teacher/student layer 0 is: transformer_input (after the positional conv "
+                                 "and, post-LN, the encoder LayerNorm; HF/s3prl's state 0) or projection (the "
+                                 "feature-projection output before the positional conv, the paper's code); "
+                                 "final_distill: null = as in Step 1 (the student file's)",
+                     ("transformer_input", "projection")),
     "projection_groups": Option("list|null", "layers sharing one linear projection, e.g. [[0], [4, 8, 12]]; "
                                              "null: layer 0 alone and the others together"),
     "student_overrides": Option("dict", "model config keys replaced in the student (e.g. encoder_layer_drop)"),
@@ -93,9 +98,9 @@ _COMMON = dict(
 
 METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "distill_prune": dict(_COMMON, max_steps=50000, lr=2e-4, warmup_steps=15000, distill_layers=None,
-                          projection_groups=None, prune_units=["conv", "head", "interm"], target_sparsity=0.75,
-                          sparsity_warmup_steps=5000, reg_lr=0.02),
-    "final_distill": dict(_COMMON, max_steps=25000, lr=1e-4, warmup_steps=5000),
+                          layer0="transformer_input", projection_groups=None, prune_units=["conv", "head", "interm"],
+                          target_sparsity=0.75, sparsity_warmup_steps=5000, reg_lr=0.02),
+    "final_distill": dict(_COMMON, max_steps=25000, lr=1e-4, warmup_steps=5000, layer0=None),
     "distilhubert": dict(_COMMON, max_steps=200000, lr=2e-4, warmup_steps=14000, cos_type="log_sig",
                          pred_layers=None, num_layers=None, ffn_width=None, target_params=None),
 }
@@ -122,7 +127,7 @@ def check_value(key: str, value: Any, source: str) -> Any:
     if not _type_ok(value, option.kind):
         raise DistillConfigError(f"{source}: key '{key}' must be {option.kind.replace('|null', ' or null')}, "
                                  f"got {value!r}")
-    if option.choices and value not in option.choices:
+    if option.choices and value is not None and value not in option.choices:
         raise DistillConfigError(f"{source}: key '{key}' must be one of {list(option.choices)}, got {value!r}")
     if option.kind.startswith("float") and value is not None:
         value = float(value)
@@ -180,6 +185,8 @@ def _check_ranges(cfg: Dict[str, Any], method: str, source: str) -> None:
         if bad or not cfg["prune_units"]:
             raise DistillConfigError(f"{source}: prune_units must be a non-empty list of {sorted(PRUNE_UNITS)}, "
                                      f"got {cfg['prune_units']}")
+        if cfg["layer0"] is None:
+            raise DistillConfigError(f"{source}: layer0 must be transformer_input or projection, got null")
         if not 0.0 <= cfg["target_sparsity"] < 1.0:
             raise DistillConfigError(f"{source}: target_sparsity must be in [0, 1), got {cfg['target_sparsity']}")
         if cfg["sparsity_warmup_steps"] < 0:

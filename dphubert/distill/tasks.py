@@ -4,7 +4,7 @@ A task's ``forward(waveforms, targets, step)`` returns ``{"loss": differentiable
 scalars to log}``; ``targets`` are the teacher states of ``task.teacher_layers`` for the same frames.
 
 - ``LayerDistillTask``: DPHuBERT, student layer i -> projection -> teacher layer i; Step 1 adds the
-  ``LagrangianRegularizer`` (``regularizer=None`` in Step 2).
+  ``LagrangianRegularizer`` (``regularizer=None`` in Step 2). ``layer0`` says what state 0 is (on both sides).
 - ``DistilHubertTask``: DistilHuBERT, prediction heads on the last student layer.
 """
 
@@ -34,6 +34,7 @@ class DistillTask(nn.Module):
 
     method = "distill"
     student: Wav2Vec2Model
+    layer0 = "transformer_input"  # what hidden state 0 is, for student and teacher (Wav2Vec2Model.extract_features)
 
     @property
     def teacher_layers(self) -> List[int]:
@@ -59,13 +60,15 @@ class DistillTask(nn.Module):
 
 class LayerDistillTask(DistillTask):
     def __init__(self, student: Wav2Vec2Model, projections: LayerProjections, weights: Dict[str, Any],
-                 regularizer: Optional[LagrangianRegularizer] = None, method: str = "distill_prune"):
+                 regularizer: Optional[LagrangianRegularizer] = None, method: str = "distill_prune",
+                 layer0: str = "transformer_input"):
         super().__init__()
         self.student = student
         self.projections = projections
         self.weights = dict(weights)
         self.regularizer = regularizer
         self.method = method
+        self.layer0 = layer0
 
     @property
     def teacher_layers(self) -> List[int]:
@@ -75,8 +78,14 @@ class LayerDistillTask(DistillTask):
         # Layers above the deepest distilled one get no gradient.
         return super().uses_all_parameters() and max(self.teacher_layers) == self.student.num_layers
 
+    def describe(self) -> Dict[str, Any]:
+        described = super().describe()
+        if self.layer0 != DistillTask.layer0:  # (only then, so that older checkpoints still resume)
+            described["layer0"] = self.layer0
+        return described
+
     def forward(self, waveforms: Tensor, targets: List[Tensor], step: int) -> Dict[str, Tensor]:
-        states, _ = self.student.extract_features(waveforms)
+        states, _ = self.student.extract_features(waveforms, layer0=self.layer0)
         distill, terms = distill_loss(self.projections(states), targets, self.teacher_layers, **self.weights)
         out = dict(terms, distill=distill.detach())
         loss = distill
@@ -99,7 +108,7 @@ class LayerDistillTask(DistillTask):
         return groups
 
     def model_file(self) -> Dict[str, Any]:
-        meta = dict(self.projections.metadata(), method=self.method)
+        meta = dict(self.projections.metadata(), method=self.method, layer0=self.layer0)
         extra = {"distill_linear_projs": self.projections.per_layer_state_dict(), "distill": meta}
         if self.regularizer is not None:
             meta["target_sparsity"] = self.regularizer.target_sparsity

@@ -4,7 +4,7 @@ Dump layout (``dump_teacher_features``; CLI ``python -m dphubert.bin.dump_teache
 
     <out>/feats.ark    float16 matrices (frames x dim) of every (utterance, layer), kaldiio "NPY" records
     <out>/feats.scp    "<utt>-L<layer> feats.ark:<offset>" lines, one per matrix (read with kaldiio.load_scp)
-    <out>/meta.yaml    layers, dim, frame_stride, dtype, key format and the teacher it came from
+    <out>/meta.yaml    layers, layer0 (what state 0 is), dim, frame_stride, dtype, key format and the teacher
     <out>/skipped.txt  utterances with bad audio (only with skip_bad_audio)
 
 Each utterance is run whole (no cropping, no padding). The dump is resumable: utterances whose every layer is
@@ -62,11 +62,12 @@ def frozen(model: Wav2Vec2Model) -> Wav2Vec2Model:
 
 
 class OnlineTeacher:
-    """Runs the frozen teacher on the (cropped) batch itself."""
+    """Runs the frozen teacher on the (cropped) batch itself; ``layer0`` as in ``Wav2Vec2Model.extract_features``."""
 
-    def __init__(self, model: Wav2Vec2Model, layers: Sequence[int]):
+    def __init__(self, model: Wav2Vec2Model, layers: Sequence[int], layer0: str = "transformer_input"):
         self.model = frozen(model)
         self.layers = list(layers)
+        self.layer0 = layer0
 
     def to(self, device) -> "OnlineTeacher":
         self.model.to(device)
@@ -75,7 +76,7 @@ class OnlineTeacher:
     @torch.no_grad()
     def __call__(self, batch: dict, waveforms: Tensor, num_frames: int) -> List[Tensor]:
         self.model.eval()
-        states, _ = self.model.extract_features(waveforms)
+        states, _ = self.model.extract_features(waveforms, layer0=self.layer0)
         if states[0].size(1) != num_frames:
             raise TeacherMismatchError(f"teacher hidden states {tuple(states[0].shape)} vs student frames "
                                        f"{num_frames}: the teacher and student CNNs differ in kernels or strides")
@@ -93,6 +94,7 @@ class TeacherFeatureReader:
                                f"make one with python -m dphubert.bin.dump_teacher")
         self.meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
         self.layers = list(self.meta["layers"])
+        self.layer0 = self.meta.get("layer0", "transformer_input")  # dumps made before the option: that one
         self.dim = int(self.meta["dim"])
         self.frame_stride = int(self.meta["frame_stride"])
         self.index = kaldiio.load_scp(str(scp), max_cache_fd=4)
@@ -107,12 +109,18 @@ class TeacherFeatureReader:
                                        f"(key {key}); re-run dump_teacher on this data dir")
         return self.index[key]
 
-    def check_compatible(self, layers: Sequence[int], dim: int, stride: int, utt_ids: Sequence[str]) -> None:
+    def check_compatible(self, layers: Sequence[int], dim: int, stride: int, utt_ids: Sequence[str],
+                         layer0: str = "transformer_input") -> None:
         """Raise TeacherMismatchError if the dump cannot serve ``layers`` of a ``dim``-wide teacher for ``utt_ids``."""
         missing_layers = [x for x in layers if x not in self.layers]
         if missing_layers:
             raise TeacherMismatchError(f"{self.dir}: dumped layers {self.layers} lack {missing_layers} needed for "
                                        f"distillation; dump with --layers {','.join(map(str, layers))}")
+        if 0 in layers and self.layer0 != layer0:
+            raise TeacherMismatchError(f"{self.dir}: dumped layer 0 is {self.layer0} (meta.yaml) but training uses "
+                                       f"layer0={layer0}; dump again with python -m dphubert.bin.dump_teacher "
+                                       f"--layer0 {layer0} --out <new dir>, or use the online teacher (no "
+                                       f"--teacher-feats; in a recipe: --dump_teacher false)")
         if self.dim != dim or self.frame_stride != stride:
             raise TeacherMismatchError(f"{self.dir}: dumped features are (frames, {self.dim}) at stride "
                                        f"{self.frame_stride} but the teacher gives (frames, {dim}) at stride {stride}")
@@ -177,8 +185,11 @@ def _complete_entries(scp: Path, layers: Sequence[int]) -> Dict[str, List[str]]:
 
 def dump_teacher_features(teacher: Wav2Vec2Model, data_dir: str | Path, layers: Sequence[int], out_dir: str | Path,
                           teacher_path: str = "", device="cpu", skip_bad_audio: bool = False,
-                          resample: bool = False, downmix: bool = False, progress: bool = True) -> Dict[str, int]:
+                          resample: bool = False, downmix: bool = False, progress: bool = True,
+                          layer0: str = "transformer_input") -> Dict[str, int]:
     """Dump hidden states ``layers`` of ``teacher`` for every utterance of ``data_dir`` (see module docstring).
+
+    ``layer0``: what state 0 is (``Wav2Vec2Model.extract_features``); recorded in meta.yaml.
 
     Returns counts ``{"written", "skipped_done", "bad"}``.
     """
@@ -190,12 +201,13 @@ def dump_teacher_features(teacher: Wav2Vec2Model, data_dir: str | Path, layers: 
         raise DistillError(f"--layers {layers} must lie in 0..{teacher.num_layers} (the teacher's layers)")
     meta = {"version": META_VERSION, "layers": layers, "dim": teacher.config["encoder_embed_dim"],
             "frame_stride": frame_stride(teacher), "dtype": "float16", "key_format": "<utt>-L<layer>",
-            "layer_0": "transformer input (after positional conv; after the encoder LayerNorm for post-LN models)",
+            "layer0": layer0,
             "teacher": str(teacher_path), "teacher_num_params": teacher.num_params(), "data": str(data_dir)}
     meta_path = out_dir / "meta.yaml"
     if meta_path.is_file():
         old = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
-        for key in ("layers", "dim", "frame_stride", "teacher_num_params"):
+        old.setdefault("layer0", "transformer_input")  # dumps made before the option
+        for key in ("layers", "layer0", "dim", "frame_stride", "teacher_num_params"):
             if old.get(key) != meta[key]:
                 raise DistillError(f"{out_dir}: an existing dump has {key}={old.get(key)} but this run has "
                                    f"{key}={meta[key]}; use another --out or delete {out_dir}")
@@ -223,7 +235,7 @@ def dump_teacher_features(teacher: Wav2Vec2Model, data_dir: str | Path, layers: 
                 continue
             wav = torch.from_numpy(waveform)[None].to(device)
             with torch.no_grad():
-                states, _ = teacher.extract_features(wav)
+                states, _ = teacher.extract_features(wav, layer0=layer0)
             if states[0].size(1) == 0:
                 error = f"utt {utt_id}: {data.source_of(utt_id)} is too short for the teacher ({wav.size(1)} samples)"
                 if not skip_bad_audio:

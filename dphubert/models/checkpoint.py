@@ -2,7 +2,8 @@
 
 A model file is ``{"format": "dphubert", "version": 1, "config": {...}, "state_dict": {...}}`` (plus optional
 ``"distill_linear_projs"``): plain tensors and containers, loadable with ``torch.load(weights_only=True)``.
-The released DPHuBERT / DPWavLM files (``{"state_dict", "config", "distill_linear_projs"}``) load as they are.
+The released DPHuBERT / DPWavLM files and every file of the reference code (``{"state_dict", "config",
+"distill_linear_projs"}``, with ``feature_extractor.dummy_weight``) load too: see ``release.py``.
 """
 
 import os
@@ -71,8 +72,11 @@ def model_from_checkpoint(ckpt: Any, source: str = "checkpoint") -> Wav2Vec2Mode
         config = normalize_config(dict(ckpt["config"]), source)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+    from .release import from_release_layout  # (release.py imports this module)
+
+    config, state = from_release_layout(config, normalize_state_dict(ckpt["state_dict"]), source)
     model = Wav2Vec2Model(config)
-    load_state_dict_strict(model, normalize_state_dict(ckpt["state_dict"]), source)
+    load_state_dict_strict(model, state, source)
     return model.eval()
 
 
@@ -120,7 +124,8 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:  # Python's open: an unwritable path raises OSError, not torch's RuntimeError
+        torch.save(obj, f)
     os.replace(tmp, path)
 
 

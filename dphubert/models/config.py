@@ -4,7 +4,8 @@ The schema is that of torchaudio's ``wav2vec2_model`` arguments with per-layer l
 ``encoder_ff_interm_features``, ``encoder_use_attention``, ``encoder_use_feed_forward``) and pruning switches.
 WavLM configs carry ``encoder_total_num_heads`` and ``encoder_remaining_heads`` (the kept original head indices
 of each layer) instead of ``encoder_num_heads``; that is how the model type is told apart.
-Our own additions: ``model_type`` (informational) and ``encoder_projection_input_scale``.
+Our own additions: ``model_type`` (informational) and ``encoder_projection_input_scale`` (the reference code keeps
+that scale as ``feature_extractor.dummy_weight``; ``release.py`` converts both ways).
 """
 
 import copy

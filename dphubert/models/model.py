@@ -3,7 +3,9 @@
 ``extract_features`` returns ``num_layers + 1`` hidden states, in the convention of HF
 ``output_hidden_states=True`` and s3prl: state 0 is the input of the first transformer layer (CNN -> feature
 projection -> + positional conv, then the encoder LayerNorm for post-LN models), state i the output of layer i;
-for pre-LN (Large) models the last state has the final encoder LayerNorm applied.
+for pre-LN (Large) models the last state has the final encoder LayerNorm applied. The reference DPHuBERT code
+differs in both (its state 0 is the feature-projection output before the positional conv, which
+``extract_features(..., layer0="projection")`` gives; its pre-LN last state lacks the final LayerNorm).
 """
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -15,6 +17,10 @@ from torch import Tensor, nn
 from . import components as C
 from .config import is_wavlm, normalize_config
 from .gates import HardConcrete
+
+# What hidden state 0 is: the transformer input (HF / s3prl, our default) or the feature-projection output
+# before the positional conv (the reference DPHuBERT code).
+LAYER0_CHOICES = ("transformer_input", "projection")
 
 
 class Wav2Vec2Model(nn.Module):
@@ -38,15 +44,19 @@ class Wav2Vec2Model(nn.Module):
     def num_layers(self) -> int:
         return self.config["encoder_num_layers"]
 
-    def extract_features(self, waveforms: Tensor, lengths: Optional[Tensor] = None
-                         ) -> Tuple[List[Tensor], Optional[Tensor]]:
+    def extract_features(self, waveforms: Tensor, lengths: Optional[Tensor] = None,
+                         layer0: str = "transformer_input") -> Tuple[List[Tensor], Optional[Tensor]]:
         """``waveforms``: ``(batch, samples)`` at 16 kHz; ``lengths``: valid samples per item or ``None``.
 
         Returns ``num_layers + 1`` tensors ``(batch, frames, embed_dim)`` and the valid frames per item. Items of
-        a padded batch give the same states on their valid frames as when run alone.
+        a padded batch give the same states on their valid frames as when run alone. ``layer0="projection"``
+        makes state 0 the feature-projection output before the positional conv (the reference DPHuBERT code's
+        state 0 and its layer-0 distillation target; padded frames zeroed) instead of the transformer input.
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}")
+        if layer0 not in LAYER0_CHOICES:
+            raise ValueError(f"layer0 must be one of {LAYER0_CHOICES}, got {layer0!r}")
         input_lengths = lengths
         if lengths is not None and bool((lengths == waveforms.size(1)).all()):
             lengths = None  # nothing is padded: take the fast paths
@@ -56,6 +66,8 @@ class Wav2Vec2Model(nn.Module):
         x = self.encoder.feature_projection(features)
         padding_mask = None if out_lengths is None else C.lengths_to_padding_mask(out_lengths, x.size(1))
         states = self.encoder.transformer(x, padding_mask)
+        if layer0 == "projection":
+            states[0] = x if padding_mask is None else x.masked_fill(padding_mask[..., None], 0.0)
         if input_lengths is not None and out_lengths is None:
             out_lengths = self.output_lengths(input_lengths)
         return states, out_lengths

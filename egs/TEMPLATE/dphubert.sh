@@ -212,7 +212,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
             --student "${expdir}/pruned.pt" --teacher "${teacher_pt}" --data "data/${train_set}" \
             --valid "data/${valid_set}" --exp "${expdir}/final" $(resume_flag "${expdir}/final")
         ${python} -m dphubert.bin.package --model "${expdir}/final/last.pt" --teacher "${teacher_pt}" \
-            --out "${expdir}/final/model.pt"
+            --out "${expdir}/final/model.pt" --release-out "${expdir}/final/model_release.pth"
         if [ "${baseline}" = true ]; then
             log "Stage 4: DistilHuBERT-style baseline of the same size -> ${expdir}/distilhubert"
             ${cuda_cmd} --gpu "${ngpu}" "${logdir}/distilhubert.log" \
