@@ -16,7 +16,9 @@ the end, the last ``keep_checkpoints`` kept), ``last.pt`` (the model file, at th
 
 Failure behaviour: a NaN/inf loss stops the run (NonFiniteLossError naming the step) without writing anything
 more, so the last checkpoint stays the last good one. For tests, the environment variable
-``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``) right after optimizer step ``k``.
+``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``) right after optimizer step ``k``
+(with ``DPHUBERT_CRASH_RANK=r``: only rank ``r``); it fires only in a first attempt, not in workers that torchrun
+restarted (``--max_restarts``), so that the restarted run can finish.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from tqdm import tqdm
 from dphubert.data import AudioDataset, BucketBatchSampler, CropCollator, make_dataloader
 from dphubert.models import atomic_save
 
-from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, all_true, barrier, gather_objects
+from .distributed import (DistEnv, all_reduce_mean, all_reduce_sum, all_true, barrier, gather_objects,
+                          restart_count)
 from .errors import DistillConfigError, NonFiniteLossError, ResumeError
 from .report import LOGGER_NAME, TensorBoard, plot_history
 from .tasks import DistillTask
@@ -46,6 +49,7 @@ from .tasks import DistillTask
 logger = logging.getLogger(f"{LOGGER_NAME}.trainer")
 
 CRASH_ENV = "DPHUBERT_CRASH_AFTER_STEP"
+CRASH_RANK_ENV = "DPHUBERT_CRASH_RANK"
 CHECKPOINT_FORMAT = "dphubert-train"
 _CKPT_NAME = re.compile(r"^ckpt_step(\d+)\.pt$")
 
@@ -85,6 +89,14 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def crash_step(rank: int) -> int:
+    """The step after which the test hook kills this process (0: never); see the module docstring."""
+    crash_rank = os.environ.get(CRASH_RANK_ENV, "")
+    if restart_count() > 0 or (crash_rank != "" and int(crash_rank) != rank):
+        return 0
+    return int(os.environ.get(CRASH_ENV, "0") or 0)
 
 
 def list_checkpoints(ckpt_dir: Path) -> List[Path]:
@@ -154,7 +166,7 @@ class Trainer:
                                   purge_step=self.step + 1 if resumed else None)
         bar = tqdm(total=cfg["max_steps"], initial=self.step, desc=f"{self.task.method}", unit="step",
                    disable=not self.env.is_main, dynamic_ncols=True)
-        crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+        crash_after = crash_step(self.env.rank)
         sums: Dict[str, float] = defaultdict(float)
         steps_in_window = 0
         micro_batches = self._micro_batches()
