@@ -12,6 +12,7 @@ Then the one-line errors for a multi-node run that cannot work.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import shutil
@@ -26,7 +27,9 @@ import soundfile
 import torch
 
 from conftest import tiny_config
+from dphubert.bin import distill_prune
 from dphubert.data import write_utt2num_samples
+from dphubert.distill.distributed import DistEnv, DistributedSetupError, check_same_inputs
 from dphubert.models import Wav2Vec2Model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,7 +277,7 @@ def test_slurm_job_over_two_nodes_survives_a_killed_rank(shared, one_node, tmp_p
 
     # Rank 1 died after step 6; torchrun restarted both nodes' workers, which resumed from step 4.
     node_logs = [(exp / "logs" / f"distill_prune.node{k}.log").read_text() for k in (0, 1)]
-    assert sum("exitcode: 75" in text for text in node_logs) == 1
+    assert sum("exitcode: 75" in text for text in node_logs) == 1 and (exp / ".crash_hook_fired").is_file()
     train_log = (exp / "train.log").read_text()
     assert "torchrun restarted the workers (--max_restarts): resuming" in train_log
     assert "resumed from exp/slurm/checkpoints/ckpt_step00000004.pt (step 4)" in train_log
@@ -325,3 +328,74 @@ def test_ranks_with_another_config_stop_before_training(shared, tmp_path):
                          r"than rank 0 \(host .+\) \(lr: (0\.002 vs 0\.0002|0\.0002 vs 0\.002)\); start every "
                          r"node with the same options and config files$", errors[0]), errors[0]
     assert not (tmp_path / "exp" / "checkpoints").exists()
+
+
+def test_a_refused_fresh_start_stays_refused_after_torchrun_restarts_it(one_node, shared, tmp_path):
+    """Without --resume over an earlier run's checkpoints: refused, and the restart torchrun makes is refused too."""
+    exp = tmp_path / "exp"
+    shutil.copytree(one_node, exp)
+    before = {p.name: p.read_bytes() for p in (exp / "checkpoints").iterdir()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+           "--max_restarts", "1", "-m", "dphubert.bin.distill_prune", "--teacher", str(shared / "teacher" / "teacher.pt"),
+           "--data", str(shared / "data" / "train"), "--exp", str(exp)]
+    result = subprocess.run(cmd, cwd=REPO, env=recipe_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert result.stderr.count("holds checkpoints of an earlier run (ckpt_step00000008.pt); pass --resume") == 2
+    assert {p.name: p.read_bytes() for p in (exp / "checkpoints").iterdir()} == before
+
+
+def _check_ranks(rank: int, store: str, cases: dict, queue) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    env = DistEnv(rank=rank, world_size=2, local_world_size=1)
+    for name, per_rank in cases.items():
+        exp_dir, config, inputs = per_rank[rank]
+        try:
+            check_same_inputs(env, exp_dir, config, inputs)
+            queue.put((name, rank, None))
+        except DistributedSetupError as e:
+            queue.put((name, rank, str(e)))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_that_see_other_data_or_another_exp_dir_are_named(tmp_path):
+    """check_same_inputs in two forked gloo processes: every rank fails with the same line."""
+    shared_exp, other_exp = tmp_path / "exp", tmp_path / "elsewhere"
+    shared_exp.mkdir()
+    other_exp.mkdir()
+    config = {"lr": 2e-4}
+    data = {"training data (data/train)": "aaa"}
+    cases = {
+        "same": [(shared_exp, config, data)] * 2,
+        "data": [(shared_exp, config, data), (shared_exp, config, {"training data (data/train)": "bbb"})],
+        "exp": [(shared_exp, config, data), (other_exp, config, data)],  # as if rank 1's node mounted another disk
+    }
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    procs = [context.Process(target=_check_ranks, args=(rank, tmp_path / "store", cases, queue)) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
+    results = {}
+    for _ in range(2 * len(cases)):
+        name, rank, message = queue.get(timeout=120)
+        results[name, rank] = message
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    assert results["same", 0] is None and results["same", 1] is None
+    for name in ("data", "exp"):
+        assert results[name, 0] == results[name, 1], name
+    assert re.fullmatch(r"rank 1 \(host .+\) reads another training data \(data/train\) than rank 0 \(host .+\) "
+                        r"\(digest bbb vs aaa\); give every node the same files \(a shared file system, or identical "
+                        r"copies at the same paths\)", results["data", 0])
+    assert results["exp", 0].startswith(f"{shared_exp}: rank 1 (host ") and "a file system every node mounts" in \
+        results["exp", 0]
+    assert not list(shared_exp.iterdir())  # the check leaves no file behind
+
+
+def test_device_cuda_without_cuda_is_one_line(shared, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status = distill_prune.main(["--teacher", str(shared / "teacher" / "teacher.pt"), "--data",
+                                 str(shared / "data" / "train"), "--exp", str(tmp_path / "exp"), "--device", "cuda"])
+    assert status == 1
+    assert capsys.readouterr().err.strip() == ("python -m dphubert.bin.distill_prune: error: --device cuda: no CUDA "
+                                               "device is available; use --device cpu")

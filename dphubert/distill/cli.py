@@ -21,8 +21,8 @@ from dphubert.data import AudioDataset, AudioError, DataDirError, check_audio
 from dphubert.models import CheckpointError, ConfigError, PruningError, Wav2Vec2Model
 
 from .config import add_config_arguments, load_config, overrides_from_args, write_config
-from .distributed import (DistEnv, any_rank, check_same_inputs, data_digest, model_digest, restart_count,
-                          setup_distributed, teardown_distributed)
+from .distributed import (DistEnv, any_rank, check_same_inputs, data_digest, model_digest, note_training_agents,
+                          resumes_after_restart, setup_distributed, teardown_distributed)
 from .errors import DistillError, TeacherMismatchError
 from .report import LOGGER_NAME, setup_logging
 from .students import load_teacher
@@ -118,16 +118,17 @@ def run_training(args: argparse.Namespace, method: str,
     cfg = load_config(method, args.config or default_config_path(method), overrides_from_args(args, method))
     exp_dir = Path(args.exp)
     env: DistEnv = setup_distributed(args.device)
-    # Workers that torchrun restarted after a lost worker (--max_restarts) resume the run they belong to; only the
-    # failed node counts the restart, and ranks must agree, so any rank's restart (or --resume) decides.
-    resume = any_rank(args.resume or restart_count() > 0, env)
+    # Workers that torchrun restarted after a lost worker (--max_restarts) resume the run they belong to.
+    restarted = resumes_after_restart(exp_dir, env)
+    resume = any_rank(args.resume, env) or restarted
     if not resume:
         check_fresh_experiment(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
+    note_training_agents(exp_dir, env)
     log = setup_logging(exp_dir, env.is_main, env.rank)
     command = f"python -m dphubert.bin.{method} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     log.info("%s (rank %d of %d, %s)", command, env.rank, env.world_size, env.device)
-    if resume and not args.resume:
+    if restarted and not args.resume:
         log.info("torchrun restarted the workers (--max_restarts): resuming from the last checkpoint in %s",
                  exp_dir / "checkpoints")
     log_batch_scaling(cfg, env)
@@ -149,12 +150,13 @@ def run_training(args: argparse.Namespace, method: str,
         targets = DumpedTeacher(reader, task.teacher_layers)
     else:
         targets = online
-    check_same_inputs(env, exp_dir, cfg, {
-        "teacher": model_digest(teacher, teacher.config),
-        f"training data ({args.data})": data_digest(train_set.utt_ids, train_set.lengths),
-        f"validation data ({args.valid})": data_digest(valid_set.utt_ids, valid_set.lengths) if valid_set else "-",
-        "student": model_digest(task, {}),
-    })
+    if env.distributed:  # every rank must train on the same config, models and data, in one shared exp dir
+        check_same_inputs(env, exp_dir, cfg, {
+            "teacher": model_digest(teacher, teacher.config),
+            "student": model_digest(task, {}),
+            f"training data ({args.data})": data_digest(train_set.utt_ids, train_set.lengths),
+            f"validation data ({args.valid})": data_digest(valid_set.utt_ids, valid_set.lengths) if valid_set else "",
+        })
     if is_main:
         write_config(cfg, exp_dir / "config.yaml", header=command)
     log.info("training on %d utterances%s; teacher %s (%s params), student %s params", len(train_set.utt_ids),

@@ -8,7 +8,9 @@ gloo on CPU.
 Multi-node runs need every rank to train on the same thing: ``check_same_inputs`` compares the config and digests of
 the teacher and the data over all ranks, and checks that every rank sees the files rank 0 writes in the experiment
 dir (checkpoints and resuming need a shared file system), before the first step. With ``torchrun --max_restarts R``
-a lost worker makes torchrun restart all workers; ``restart_count`` tells a restarted worker so that it resumes.
+a lost worker makes torchrun restart all workers; ``resumes_after_restart`` tells the restarted workers to resume
+(recipes also set ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun, so that a restarted group does not read
+the lost workers' addresses from the store of the first attempt).
 """
 
 from __future__ import annotations
@@ -88,13 +90,48 @@ def restart_count() -> int:
     """How often torchrun has restarted this node's workers (``--max_restarts``); 0 in a first attempt.
 
     Only the node whose worker failed counts a restart; the other nodes restart their workers without counting,
-    so decisions that must agree over ranks take the maximum over ranks (``any_rank``).
+    so decisions that must agree over ranks look at every rank (``any_rank``).
     """
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
 def any_rank(flag: bool, env: DistEnv) -> bool:
     return any(gather_objects(bool(flag), env))
+
+
+# ----- resuming after a torchrun restart -------------------------------------------------------------------------
+# The torchrun agents (host:pid, the same in every attempt of one torchrun) of the run that trains in exp/<tag>/.
+AGENTS_FILE = ".torchrun_agents"
+
+
+def torchrun_agent() -> str:
+    """This worker's torchrun agent (its parent process); empty outside torchrun."""
+    return f"{socket.gethostname()}:{os.getppid()}" if "TORCHELASTIC_RUN_ID" in os.environ else ""
+
+
+def resumes_after_restart(exp_dir: Path, env: DistEnv) -> bool:
+    """True in workers that torchrun restarted after a worker was lost, when an earlier attempt of the same
+    torchrun had started training in ``exp_dir`` (``note_training_agents``): they resume its checkpoints.
+
+    A restart after a start that was refused (an earlier run's checkpoints without --resume) or failed before
+    training finds no note of its torchrun, and is refused or starts afresh like a first attempt.
+    """
+    if not any_rank(restart_count() > 0, env):
+        return False
+    try:
+        noted = set((Path(exp_dir) / AGENTS_FILE).read_text().split())
+    except OSError:
+        noted = set()
+    return any_rank(torchrun_agent() in noted, env)
+
+
+def note_training_agents(exp_dir: Path, env: DistEnv) -> None:
+    """Note the torchrun agents of a run that starts training in ``exp_dir`` (rank 0 writes; every rank calls)."""
+    agents = sorted(set(gather_objects(torchrun_agent(), env)) - {""})
+    if env.is_main and agents:
+        tmp = Path(exp_dir) / f"{AGENTS_FILE}.tmp"
+        tmp.write_text("\n".join(agents) + "\n")
+        os.replace(tmp, Path(exp_dir) / AGENTS_FILE)
 
 
 def all_reduce_sum(values: Dict[str, float], env: DistEnv) -> Dict[str, float]:
@@ -164,7 +201,7 @@ def check_same_inputs(env: DistEnv, exp_dir: Path, config: Dict[str, Any], input
         marker = exp_dir / f".shared_check.{token}"
         marker.write_text(token)
     token = gather_objects(token, env)[0]
-    mine = {"host": socket.gethostname(), "config": config, "inputs": dict(inputs),
+    mine = {"host": socket.gethostname(), "exp": str(exp_dir), "config": config, "inputs": dict(inputs),
             "sees_exp": _sees(exp_dir / f".shared_check.{token}", token)}
     everyone = gather_objects(mine, env)
     if marker is not None:
@@ -175,7 +212,7 @@ def check_same_inputs(env: DistEnv, exp_dir: Path, config: Dict[str, Any], input
         ref = f"rank 0 (host {main['host']})"
         if not other["sees_exp"]:
             raise DistributedSetupError(
-                f"{exp_dir}: {where} does not see the files {ref} writes there; checkpoints and resuming need the "
+                f"{main['exp']}: {where} does not see the files {ref} writes there; checkpoints and resuming need the "
                 f"experiment dir on a file system every node mounts (the same path on every node)")
         changed = sorted(k for k in set(main["config"]) | set(other["config"])
                          if main["config"].get(k) != other["config"].get(k))
@@ -199,5 +236,5 @@ def _sees(path: Path, token: str, tries: int = 5) -> bool:
                 return True
         except OSError:
             pass
-        time.sleep(0.2 * (attempt + 1))
+        time.sleep(0.1 * (attempt + 1))  # an NFS client may need a moment
     return False

@@ -17,8 +17,8 @@ the end, the last ``keep_checkpoints`` kept), ``last.pt`` (the model file, at th
 Failure behaviour: a NaN/inf loss stops the run (NonFiniteLossError naming the step) without writing anything
 more, so the last checkpoint stays the last good one. For tests, the environment variable
 ``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``) right after optimizer step ``k``
-(with ``DPHUBERT_CRASH_RANK=r``: only rank ``r``); it fires only in a first attempt, not in workers that torchrun
-restarted (``--max_restarts``), so that the restarted run can finish.
+(with ``DPHUBERT_CRASH_RANK=r``: only rank ``r``). It fires once per experiment dir (it leaves
+``exp/<tag>/.crash_hook_fired``), so that a run that torchrun restarts (``--max_restarts``) can finish.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from tqdm import tqdm
 from dphubert.data import AudioDataset, BucketBatchSampler, CropCollator, make_dataloader
 from dphubert.models import atomic_save
 
-from .distributed import (DistEnv, all_reduce_mean, all_reduce_sum, all_true, barrier, gather_objects,
-                          restart_count)
+from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, all_true, barrier, gather_objects
 from .errors import DistillConfigError, NonFiniteLossError, ResumeError
 from .report import LOGGER_NAME, TensorBoard, plot_history
 from .tasks import DistillTask
@@ -50,6 +49,7 @@ logger = logging.getLogger(f"{LOGGER_NAME}.trainer")
 
 CRASH_ENV = "DPHUBERT_CRASH_AFTER_STEP"
 CRASH_RANK_ENV = "DPHUBERT_CRASH_RANK"
+CRASH_MARKER = ".crash_hook_fired"
 CHECKPOINT_FORMAT = "dphubert-train"
 _CKPT_NAME = re.compile(r"^ckpt_step(\d+)\.pt$")
 
@@ -91,12 +91,17 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def crash_step(rank: int) -> int:
+def crash_step(rank: int, exp_dir: Path) -> int:
     """The step after which the test hook kills this process (0: never); see the module docstring."""
     crash_rank = os.environ.get(CRASH_RANK_ENV, "")
-    if restart_count() > 0 or (crash_rank != "" and int(crash_rank) != rank):
+    if (crash_rank != "" and int(crash_rank) != rank) or (exp_dir / CRASH_MARKER).exists():
         return 0
     return int(os.environ.get(CRASH_ENV, "0") or 0)
+
+
+def crash(exp_dir: Path) -> None:
+    (exp_dir / CRASH_MARKER).touch()
+    os._exit(75)  # die like a killed process, without cleanup
 
 
 def list_checkpoints(ckpt_dir: Path) -> List[Path]:
@@ -166,7 +171,7 @@ class Trainer:
                                   purge_step=self.step + 1 if resumed else None)
         bar = tqdm(total=cfg["max_steps"], initial=self.step, desc=f"{self.task.method}", unit="step",
                    disable=not self.env.is_main, dynamic_ncols=True)
-        crash_after = crash_step(self.env.rank)
+        crash_after = crash_step(self.env.rank, self.exp_dir)
         sums: Dict[str, float] = defaultdict(float)
         steps_in_window = 0
         micro_batches = self._micro_batches()
@@ -176,7 +181,7 @@ class Trainer:
                 terms = self._train_step(micro_batches)
                 self.step += 1
                 if crash_after and self.step == crash_after:
-                    os._exit(75)  # test hook: die like a killed process, without cleanup
+                    crash(self.exp_dir)  # test hook
                 for key, value in terms.items():
                     sums[key] += value
                 steps_in_window += 1

@@ -93,6 +93,9 @@ if [ "${num_nodes}" -gt 1 ] && [ "${cmd_backend}" != slurm ]; then
 elif [ "${node_rank}" != 0 ]; then
     die "--node_rank ${node_rank} is for --num_nodes > 1 without SLURM (with cmd_backend=slurm, srun starts the nodes)"
 fi
+# torch shares one rendezvous store across torchrun's restarts, where a restarted group can read the lost workers'
+# addresses and fail once more: with restarts, every attempt gets a fresh store.
+[ "${max_restarts}" -eq 0 ] || export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 if [ "${node_rank}" -gt 0 ]; then
     # The other nodes only join the training runs; node 0 also prepares the data, prunes, packages and evaluates.
     [ "${stage}" -ge 3 ] || stage=3
