@@ -179,7 +179,7 @@ def digest(obj: Any) -> str:
 
 
 def model_digest(model: torch.nn.Module, config: Dict[str, Any]) -> str:
-    """Config, shapes and the sum of every tensor: cheap, and differs between any two trained models."""
+    """Config, shapes and the sum of every tensor: cheap, and in practice differs between any two models."""
     tensors = [(k, list(v.shape), float(v.double().sum())) for k, v in model.state_dict().items()]
     return digest([config, tensors])
 
