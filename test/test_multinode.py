@@ -336,8 +336,9 @@ def test_a_refused_fresh_start_stays_refused_after_torchrun_restarts_it(one_node
     shutil.copytree(one_node, exp)
     before = {p.name: p.read_bytes() for p in (exp / "checkpoints").iterdir()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           "--max_restarts", "1", "-m", "dphubert.bin.distill_prune", "--teacher", str(shared / "teacher" / "teacher.pt"),
-           "--data", str(shared / "data" / "train"), "--exp", str(exp)]
+           "--max_restarts", "1", "-m", "dphubert.bin.distill_prune",
+           "--teacher", str(shared / "teacher" / "teacher.pt"), "--data", str(shared / "data" / "train"),
+           "--exp", str(exp)]
     result = subprocess.run(cmd, cwd=REPO, env=recipe_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert result.stderr.count("holds checkpoints of an earlier run (ckpt_step00000008.pt); pass --resume") == 2
