@@ -22,6 +22,7 @@ ALL_SCRIPTS = [
     UTILS / "log.sh",
     UTILS / "run.pl",
     UTILS / "slurm.pl",
+    UTILS / "free_port.pl",
     UTILS / "validate_data_dir.sh",
     UTILS / "fix_data_dir.sh",
     UTILS / "utt2spk_to_spk2utt.sh",

@@ -9,6 +9,7 @@ torchrun environment, logging, teacher, data (with the bad-audio check), teacher
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ from dphubert.data import AudioDataset, AudioError, DataDirError, check_audio
 from dphubert.models import CheckpointError, ConfigError, PruningError, Wav2Vec2Model
 
 from .config import add_config_arguments, load_config, overrides_from_args, write_config
-from .distributed import DistEnv, setup_distributed, teardown_distributed
+from .distributed import (DistEnv, any_rank, check_same_inputs, data_digest, model_digest, note_training_agents,
+                          resumes_after_restart, setup_distributed, teardown_distributed)
 from .errors import DistillError, TeacherMismatchError
-from .report import setup_logging
+from .report import LOGGER_NAME, setup_logging
 from .students import load_teacher
 from .tasks import DistillTask
 from .teacher import DumpedTeacher, OnlineTeacher, TeacherFeatureReader, frame_stride
@@ -96,6 +98,16 @@ def load_data(path: Path, cfg: Dict[str, Any], skip_bad: bool, skipped: Optional
     return dataset
 
 
+def log_batch_scaling(cfg: Dict[str, Any], env: DistEnv) -> None:
+    """Say at start what the process count changes: the global batch, not the per-process batch or the lr."""
+    per_step = cfg["batch_seconds"] * cfg["accum_grad"]
+    logging.getLogger(LOGGER_NAME).info(
+        "batch: %g s of audio per process (batch_seconds) x %d accumulated (accum_grad) x %d processes (%d node%s x "
+        "%d) = %g s per optimizer step; batch_seconds, accum_grad and lr (%g) are used as configured whatever the "
+        "process count, so the global batch grows with it", cfg["batch_seconds"], cfg["accum_grad"], env.world_size,
+        env.num_nodes, "s" if env.num_nodes > 1 else "", env.local_world_size, per_step * env.world_size, cfg["lr"])
+
+
 def run_training(args: argparse.Namespace, method: str,
                  build_task: Callable[[Dict[str, Any], Wav2Vec2Model, argparse.Namespace], DistillTask],
                  argv: Optional[List[str]]) -> Tuple[Optional[Path], DistillTask]:
@@ -105,13 +117,21 @@ def run_training(args: argparse.Namespace, method: str,
     """
     cfg = load_config(method, args.config or default_config_path(method), overrides_from_args(args, method))
     exp_dir = Path(args.exp)
-    if not args.resume:
-        check_fresh_experiment(exp_dir)
     env: DistEnv = setup_distributed(args.device)
+    # Workers that torchrun restarted after a lost worker (--max_restarts) resume the run they belong to.
+    restarted = resumes_after_restart(exp_dir, env)
+    resume = any_rank(args.resume, env) or restarted
+    if not resume:
+        check_fresh_experiment(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
+    note_training_agents(exp_dir, env)
     log = setup_logging(exp_dir, env.is_main, env.rank)
     command = f"python -m dphubert.bin.{method} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     log.info("%s (rank %d of %d, %s)", command, env.rank, env.world_size, env.device)
+    if restarted and not args.resume:
+        log.info("torchrun restarted the workers (--max_restarts): resuming from the last checkpoint in %s",
+                 exp_dir / "checkpoints")
+    log_batch_scaling(cfg, env)
 
     teacher = load_teacher(args.teacher, args.trust_checkpoint)
     torch.manual_seed(cfg["seed"])  # gate and head initialisation
@@ -131,6 +151,13 @@ def run_training(args: argparse.Namespace, method: str,
         targets = DumpedTeacher(reader, task.teacher_layers)
     else:
         targets = online
+    if env.distributed:  # every rank must train on the same config, models and data, in one shared exp dir
+        check_same_inputs(env, exp_dir, cfg, {
+            "teacher": model_digest(teacher, teacher.config),
+            "student": model_digest(task, {}),
+            f"training data ({args.data})": data_digest(train_set.utt_ids, train_set.lengths),
+            f"validation data ({args.valid})": data_digest(valid_set.utt_ids, valid_set.lengths) if valid_set else "",
+        })
     if is_main:
         write_config(cfg, exp_dir / "config.yaml", header=command)
     log.info("training on %d utterances%s; teacher %s (%s params), student %s params", len(train_set.utt_ids),
@@ -138,4 +165,4 @@ def run_training(args: argparse.Namespace, method: str,
              f"{teacher.num_params():,}", f"{task.student.num_params():,}")
     trainer = Trainer(task, targets, cfg, exp_dir, env, train_set, stride, valid_set=valid_set,
                       valid_teacher=online if valid_set is not None else None)
-    return trainer.fit(resume=args.resume), task
+    return trainer.fit(resume=resume), task

@@ -16,7 +16,9 @@ the end, the last ``keep_checkpoints`` kept), ``last.pt`` (the model file, at th
 
 Failure behaviour: a NaN/inf loss stops the run (NonFiniteLossError naming the step) without writing anything
 more, so the last checkpoint stays the last good one. For tests, the environment variable
-``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``) right after optimizer step ``k``.
+``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``) right after optimizer step ``k``
+(with ``DPHUBERT_CRASH_RANK=r``: only rank ``r``). It fires once per experiment dir (it leaves
+``exp/<tag>/.crash_hook_fired``), so that a run that torchrun restarts (``--max_restarts``) can finish.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from .tasks import DistillTask
 logger = logging.getLogger(f"{LOGGER_NAME}.trainer")
 
 CRASH_ENV = "DPHUBERT_CRASH_AFTER_STEP"
+CRASH_RANK_ENV = "DPHUBERT_CRASH_RANK"
+CRASH_MARKER = ".crash_hook_fired"
 CHECKPOINT_FORMAT = "dphubert-train"
 _CKPT_NAME = re.compile(r"^ckpt_step(\d+)\.pt$")
 
@@ -85,6 +89,19 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def crash_step(rank: int, exp_dir: Path) -> int:
+    """The step after which the test hook kills this process (0: never); see the module docstring."""
+    crash_rank = os.environ.get(CRASH_RANK_ENV, "")
+    if (crash_rank != "" and int(crash_rank) != rank) or (exp_dir / CRASH_MARKER).exists():
+        return 0
+    return int(os.environ.get(CRASH_ENV, "0") or 0)
+
+
+def crash(exp_dir: Path) -> None:
+    (exp_dir / CRASH_MARKER).touch()
+    os._exit(75)  # die like a killed process, without cleanup
 
 
 def list_checkpoints(ckpt_dir: Path) -> List[Path]:
@@ -154,7 +171,7 @@ class Trainer:
                                   purge_step=self.step + 1 if resumed else None)
         bar = tqdm(total=cfg["max_steps"], initial=self.step, desc=f"{self.task.method}", unit="step",
                    disable=not self.env.is_main, dynamic_ncols=True)
-        crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+        crash_after = crash_step(self.env.rank, self.exp_dir)
         sums: Dict[str, float] = defaultdict(float)
         steps_in_window = 0
         micro_batches = self._micro_batches()
@@ -164,7 +181,7 @@ class Trainer:
                 terms = self._train_step(micro_batches)
                 self.step += 1
                 if crash_after and self.step == crash_after:
-                    os._exit(75)  # test hook: die like a killed process, without cleanup
+                    crash(self.exp_dir)  # test hook
                 for key, value in terms.items():
                     sums[key] += value
                 steps_in_window += 1

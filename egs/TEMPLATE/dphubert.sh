@@ -12,7 +12,13 @@ _orig_args=$(printf '%q ' "$@")   # for exp/<tag>/run.sh
 # ---- options (each can be given as --name value; see --help) ----
 stage=0                 # first stage to run
 stop_stage=10000        # last stage to run
-ngpu=0                  # GPUs per training job (0: CPU); >1 launches torchrun --nproc_per_node ngpu
+ngpu=0                  # GPUs per node of a training job (0: CPU); >1 launches torchrun --nproc_per_node ngpu
+num_nodes=1             # nodes per training job: cmd_backend=slurm runs one job over them (srun); else run this
+                        # script on every node with --node_rank and --master_addr (README: multi-node training)
+node_rank=0             # without SLURM: this node's index 0..num_nodes-1 (node 0 also prunes and packages)
+master_addr=            # without SLURM: node 0's address, where torchrun's rendezvous runs
+master_port=29400       # without SLURM: the rendezvous port on node 0 (stages 3, 4 and the baseline: +0, +1, +2)
+max_restarts=0          # torchrun restarts after a lost worker; the restarted run resumes from its last checkpoint
 nj=4                    # parallel jobs for data preparation and dumping
 tag=                    # experiment name: exp/<tag>; default from the configs
 force=false             # rerun stages that already finished (their .done markers are ignored)
@@ -44,7 +50,11 @@ Stages: 0 teacher, 1 data, 2 teacher dump (--dump_teacher true), 3 distill-prune
         4 final distill + packaging, 5 SUPERB (--superb_tasks \"ks ic pr\").
 Options (defaults in brackets):
   --stage N / --stop_stage N     stages to run [${stage} / ${stop_stage}]
-  --ngpu N                       GPUs per training job; 0 = CPU [${ngpu}]
+  --ngpu N                       GPUs per node of a training job; 0 = CPU [${ngpu}]
+  --num_nodes N                  nodes per training job (SLURM: one job over N nodes) [${num_nodes}]
+  --node_rank K --master_addr HOST [--master_port P]
+                                 multi-node without SLURM: run on every node, K = 0..N-1, HOST = node 0
+  --max_restarts R               torchrun restarts after a lost worker (the run resumes) [${max_restarts}]
   --nj N                         parallel data jobs [${nj}]
   --tag NAME                     experiment dir exp/NAME [from the config file names]
   --force true|false             rerun finished stages [${force}]
@@ -54,7 +64,8 @@ Options (defaults in brackets):
   --baseline true|false          also train the DistilHuBERT-style baseline [${baseline}]
   --superb_tasks \"ks ic ...\"     SUPERB tasks of stage 5
   --config FILE                  read option defaults from FILE
-e.g.: ./run.sh --stage 3 --stop_stage 4 --ngpu 4"
+e.g.: ./run.sh --stage 3 --stop_stage 4 --ngpu 4
+      ./run.sh --stage 3 --stop_stage 4 --ngpu 8 --num_nodes 2 --max_restarts 2   # cmd_backend=slurm"
 
 . utils/parse_options.sh
 [ $# -eq 0 ] || die "unexpected argument '$1' (options look like --stage 3; see --help)"
@@ -63,6 +74,34 @@ e.g.: ./run.sh --stage 3 --stop_stage 4 --ngpu 4"
 
 [ -n "${train_set}" ] || die "--train_set is empty: run.sh must name the training data set"
 [ -n "${valid_set}" ] || die "--valid_set is empty: run.sh must name the validation data set"
+[[ "${num_nodes}" =~ ^[1-9][0-9]*$ ]] || die "--num_nodes must be a positive integer, got '${num_nodes}'"
+[[ "${max_restarts}" =~ ^[0-9]+$ ]] || die "--max_restarts must be 0 or a positive integer, got '${max_restarts}'"
+if [ "${num_nodes}" -gt 1 ] && [ "${cmd_backend}" != slurm ]; then
+    [ -n "${master_addr}" ] || die "--num_nodes ${num_nodes} with cmd_backend=${cmd_backend}: the nodes cannot" \
+        "find each other; run this script on every node with --node_rank 0..$(( num_nodes - 1 ))" \
+        "--master_addr <node 0's address>, or set cmd_backend=slurm in cmd.sh"
+    [[ "${node_rank}" =~ ^[0-9]+$ ]] && [ "${node_rank}" -lt "${num_nodes}" ] \
+        || die "--node_rank must be 0..$(( num_nodes - 1 )) with --num_nodes ${num_nodes}, got '${node_rank}'"
+    [[ "${master_port}" =~ ^[0-9]+$ ]] || die "--master_port must be a port number, got '${master_port}'"
+    if [ "${node_rank}" -eq 0 ]; then  # node 0 hosts the rendezvous: a taken port would hang the other nodes
+        for _port in "${master_port}" $(( master_port + 1 )) $(( master_port + 2 )); do
+            utils/free_port.pl "${_port}" > /dev/null || die "--master_port ${master_port}: port ${_port} is in" \
+                "use on $(hostname) (another run's rendezvous?); pass another --master_port, e.g." \
+                "--master_port $(utils/free_port.pl)"
+        done
+    fi
+elif [ "${node_rank}" != 0 ]; then
+    die "--node_rank ${node_rank} is for --num_nodes > 1 without SLURM (with cmd_backend=slurm, srun starts the nodes)"
+fi
+# torch shares one rendezvous store across torchrun's restarts, where a restarted group can read the lost workers'
+# addresses and fail once more: with restarts, every attempt gets a fresh store.
+[ "${max_restarts}" -eq 0 ] || export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+if [ "${node_rank}" -gt 0 ]; then
+    # The other nodes only join the training runs; node 0 also prepares the data, prunes, packages and evaluates.
+    [ "${stage}" -ge 3 ] || stage=3
+    [ "${stop_stage}" -le 4 ] || stop_stage=4
+    log "node_rank ${node_rank}: joining the training runs of stages ${stage}-${stop_stage} (node 0 does the rest)"
+fi
 if [ -z "${tag}" ]; then
     tag=$(basename "${distill_prune_config%.*}")
 fi
@@ -74,23 +113,60 @@ mkdir -p "${logdir}"
 
 # A stage's .done marker makes reruns skip it; --force true (or deleting the marker) reruns it.
 stage_done() { [ "${force}" = false ] && [ -f "$1/.done.$2" ]; }
-mark_done() { touch "$1/.done.$2"; }
+mark_done() { [ "${node_rank}" -gt 0 ] || touch "$1/.done.$2"; }
 # Before a long stage, leave a script that reruns it with the same options (as ESPnet does).
 write_rerun_script() {
     local n=$1
+    [ "${node_rank}" -eq 0 ] || return 0  # node 0 writes it; the others run it with --node_rank K
     {
         echo "#!/usr/bin/env bash"
         echo "# Reruns stage ${n} of ${expdir} with the options it was started with."
+        if [ "${num_nodes}" -gt 1 ] && [ "${cmd_backend}" != slurm ]; then
+            echo "# ${num_nodes} nodes: run it on every node, as it is on node 0 and with --node_rank K on node K."
+        fi
         echo "cd $(pwd) && ./dphubert.sh ${_orig_args}--stage ${n} --stop_stage ${n} --force true \"\$@\""
     } > "${expdir}/run.sh"
     chmod +x "${expdir}/run.sh"
 }
-# torchrun for several GPUs, plain python otherwise.
+# How training run $1 (distill_prune, final_distill, distilhubert; $2: its port offset) starts: python (one
+# process); torchrun --standalone on one node (ngpu > 1 or max_restarts > 0); over num_nodes nodes, torchrun with a
+# c10d rendezvous on node 0, started on every node by srun (cmd_backend=slurm) or by this script on each node.
 launcher() {
-    if [ "${ngpu}" -gt 1 ]; then
-        echo "torchrun --nproc_per_node ${ngpu}"
+    local per_node=$(( ngpu > 1 ? ngpu : 1 ))
+    local elastic="--max_restarts ${max_restarts}"
+    if [ "${num_nodes}" -eq 1 ]; then
+        if [ "${ngpu}" -le 1 ] && [ "${max_restarts}" -eq 0 ]; then
+            echo "${python}"
+        else
+            echo "torchrun --standalone --nproc_per_node ${per_node} ${elastic}"
+        fi
+    elif [ "${cmd_backend}" = slurm ]; then
+        # Expanded in the job script on the job's first node: SLURMD_NODENAME is that node, free_port.pl picks a
+        # port there; srun starts one torchrun per node, each node's output in ${logdir}/$1.node<K>.log.
+        echo "port=\$(utils/free_port.pl) && srun --nodes=${num_nodes} --ntasks-per-node=1 --kill-on-bad-exit=1" \
+            "--output=${logdir}/$1.node%n.log torchrun --nnodes ${num_nodes} --nproc_per_node ${per_node}" \
+            "--rdzv_backend c10d --rdzv_endpoint \${SLURMD_NODENAME}:\${port} --rdzv_id \${SLURM_JOB_ID} ${elastic}"
     else
-        echo "${python}"
+        # Node 0 hosts the rendezvous store; the others wait for it (node 0 may still be pruning or packaging).
+        local conf="is_host=1"
+        [ "${node_rank}" -eq 0 ] || conf="is_host=0,read_timeout=1800"
+        echo "torchrun --nnodes ${num_nodes} --nproc_per_node ${per_node} --rdzv_backend c10d" \
+            "--rdzv_endpoint ${master_addr}:$(( master_port + $2 )) --rdzv_id ${tag}_$1 --rdzv_conf ${conf} ${elastic}"
+    fi
+}
+# The launcher options and the log of training run $1: with several nodes and no SLURM, one log per node.
+train_opts() {
+    if [ "${num_nodes}" -gt 1 ] && [ "${cmd_backend}" = slurm ]; then
+        echo "--gpu ${ngpu} --num_nodes ${num_nodes}"
+    else
+        echo "--gpu ${ngpu}"
+    fi
+}
+train_log() {
+    if [ "${num_nodes}" -gt 1 ] && [ "${cmd_backend}" != slurm ]; then
+        echo "${logdir}/$1.node${node_rank}.log"
+    else
+        echo "${logdir}/$1.log"
     fi
 }
 # Wall time per stage, for the summary at the end (exp/<tag>/stage_times.txt, one line per stage that ran;
@@ -98,7 +174,7 @@ launcher() {
 stage_started() { _stage_t0=${SECONDS}; _stage_ran=true; }
 stage_skipped() { _stage_ran=false; }  # after the log line saying why
 stage_finished() {
-    [ "${_stage_ran}" = true ] || return 0
+    [ "${_stage_ran}" = true ] && [ "${node_rank}" -eq 0 ] || return 0
     local times="${expdir}/stage_times.txt"
     { [ -f "${times}" ] && grep -v "^stage $1:" "${times}"; echo "stage $1: $(( SECONDS - _stage_t0 )) s"; } \
         | sort -k2,2n > "${times}.tmp"
@@ -107,6 +183,7 @@ stage_finished() {
 # A killed training run resumes from DIR/checkpoints; with --force true it starts again, and the old
 # checkpoints are kept aside in DIR/checkpoints.before_force (one generation) instead of being resumed.
 resume_flag() {
+    [ "${node_rank}" -eq 0 ] || return 0  # node 0 decides: when one rank resumes, every rank does
     [ -d "$1/checkpoints" ] || return 0
     if [ "${force}" = true ]; then
         rm -rf "$1/checkpoints.before_force"
@@ -186,14 +263,16 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         write_rerun_script 3
         feats=""
         [ "${dump_teacher}" = true ] && feats="--teacher-feats dump/teacher/${train_set}"
-        log "Stage 3: joint distillation and pruning -> ${expdir} (log: ${logdir}/distill_prune.log)"
-        ${cuda_cmd} --gpu "${ngpu}" "${logdir}/distill_prune.log" \
-            $(launcher) -m dphubert.bin.distill_prune --config "${distill_prune_config}" \
+        log "Stage 3: joint distillation and pruning -> ${expdir} (log: $(train_log distill_prune))"
+        ${cuda_cmd} $(train_opts) "$(train_log distill_prune)" \
+            $(launcher distill_prune 0) -m dphubert.bin.distill_prune --config "${distill_prune_config}" \
             --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
             --exp "${expdir}" ${feats} $(resume_flag "${expdir}")
-        log "Stage 3: physical pruning -> ${expdir}/pruned.pt"
-        ${python} -m dphubert.bin.prune --ckpt "${expdir}/last.pt" --out "${expdir}/pruned.pt" \
-            --teacher "${teacher_pt}" 2>&1 | tee "${logdir}/prune.log"
+        if [ "${node_rank}" -eq 0 ]; then
+            log "Stage 3: physical pruning -> ${expdir}/pruned.pt"
+            ${python} -m dphubert.bin.prune --ckpt "${expdir}/last.pt" --out "${expdir}/pruned.pt" \
+                --teacher "${teacher_pt}" 2>&1 | tee "${logdir}/prune.log"
+        fi
         mark_done "${expdir}" 3
     fi
     stage_finished 3
@@ -201,26 +280,31 @@ fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     stage_started
-    [ -f "${expdir}/pruned.pt" ] || die "${expdir}/pruned.pt is missing: run stage 3 first"
+    # (the other nodes do not wait here: node 0 may still be pruning, their training starts when node 0 joins)
+    [ -f "${expdir}/pruned.pt" ] || [ "${node_rank}" -gt 0 ] || die "${expdir}/pruned.pt is missing: run stage 3 first"
     if stage_done "${expdir}" 4; then
         log "Stage 4: ${expdir}/final/model.pt exists; skipped (--force true reruns it)"; stage_skipped
     else
         write_rerun_script 4
-        log "Stage 4: final distillation -> ${expdir}/final (log: ${logdir}/final_distill.log)"
-        ${cuda_cmd} --gpu "${ngpu}" "${logdir}/final_distill.log" \
-            $(launcher) -m dphubert.bin.final_distill --config "${final_distill_config}" \
+        log "Stage 4: final distillation -> ${expdir}/final (log: $(train_log final_distill))"
+        ${cuda_cmd} $(train_opts) "$(train_log final_distill)" \
+            $(launcher final_distill 1) -m dphubert.bin.final_distill --config "${final_distill_config}" \
             --student "${expdir}/pruned.pt" --teacher "${teacher_pt}" --data "data/${train_set}" \
             --valid "data/${valid_set}" --exp "${expdir}/final" $(resume_flag "${expdir}/final")
-        ${python} -m dphubert.bin.package --model "${expdir}/final/last.pt" --teacher "${teacher_pt}" \
-            --out "${expdir}/final/model.pt" --release-out "${expdir}/final/model_release.pth"
+        if [ "${node_rank}" -eq 0 ]; then
+            ${python} -m dphubert.bin.package --model "${expdir}/final/last.pt" --teacher "${teacher_pt}" \
+                --out "${expdir}/final/model.pt" --release-out "${expdir}/final/model_release.pth"
+        fi
         if [ "${baseline}" = true ]; then
             log "Stage 4: DistilHuBERT-style baseline of the same size -> ${expdir}/distilhubert"
-            ${cuda_cmd} --gpu "${ngpu}" "${logdir}/distilhubert.log" \
-                $(launcher) -m dphubert.bin.distilhubert --config "${distilhubert_config}" \
+            ${cuda_cmd} $(train_opts) "$(train_log distilhubert)" \
+                $(launcher distilhubert 2) -m dphubert.bin.distilhubert --config "${distilhubert_config}" \
                 --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
                 --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" $(resume_flag "${expdir}/distilhubert")
-            ${python} -m dphubert.bin.package --model "${expdir}/distilhubert/last.pt" --teacher "${teacher_pt}" \
-                --out "${expdir}/distilhubert/model.pt"
+            if [ "${node_rank}" -eq 0 ]; then
+                ${python} -m dphubert.bin.package --model "${expdir}/distilhubert/last.pt" \
+                    --teacher "${teacher_pt}" --out "${expdir}/distilhubert/model.pt"
+            fi
         fi
         mark_done "${expdir}" 4
         log "Stage 4: the compressed model is ${expdir}/final/model.pt (summary.json, architecture.png beside it)"

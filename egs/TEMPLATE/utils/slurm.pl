@@ -19,6 +19,7 @@ option num_threads=* --cpus-per-task=$0
 option num_threads=1 --cpus-per-task=1
 option gpu=* --gres=gpu:$0
 option gpu=0
+option num_nodes=* --nodes=$0 --ntasks-per-node=1
 EOF
 
 my $usage = <<"EOF";
@@ -33,6 +34,9 @@ Options:
   --max-jobs-run K   at most K array tasks at a time (--array=1-N%K)
   --gpu N            --gres=gpu:N        --mem M          --mem=M
   --num-threads T    --cpus-per-task=T   --time D         --time=D
+  --num-nodes N      --nodes=N --ntasks-per-node=1: one job over N nodes; the job script runs on
+                     the first one, so start the command on every node with srun inside it
+                     (e.g. srun torchrun ...; --gpu is per node)
   --<name> V         any option that the config describes (e.g. --partition)
 
 Config format (Kaldi's): "command <submit command>", "option <name>=* <args with \$0 = value>",
