@@ -1,0 +1,165 @@
+"""ONNX export of an ungated encoder (fp32, or int8 with onnxruntime's dynamic quantisation), and running it.
+
+The graph (``TraceableEncoder``, torch's TorchScript-based exporter, opset 17):
+
+- inputs ``waveforms`` ``(batch, samples)`` float32 at 16 kHz and ``lengths`` ``(batch,)`` int64 (valid samples);
+- outputs ``hidden_states`` ``(states, batch, frames, dim)`` float32 and ``frame_lengths`` ``(batch,)`` int64
+  (valid frames; ONNX forbids an output with an input's name, hence not ``lengths``);
+- batch, samples and frames are dynamic; an item of a padded batch gets the states it has alone;
+- metadata ``dphubert_layers`` (the hidden-state index of each output state, space-separated),
+  ``dphubert_model_type``, ``dphubert_sample_rate``, ``dphubert_precision``.
+
+int8: ``onnxruntime.quantization.quantize_dynamic`` on the MatMul/Gemm weights only (the linear projections of
+attention and FFN, and the feature projection); the CNN, the positional conv, norms and the attention's
+activation-by-activation products stay fp32, which keeps the drift small (``layer_drift`` measures it).
+"""
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from dphubert.models import Wav2Vec2Model
+
+from .graph import ExportError, TraceableEncoder
+
+INPUT_NAMES = ("waveforms", "lengths")
+OUTPUT_NAMES = ("hidden_states", "frame_lengths")
+DYNAMIC_AXES = {
+    "waveforms": {0: "batch", 1: "samples"},
+    "lengths": {0: "batch"},
+    "hidden_states": {1: "batch", 2: "frames"},
+    "frame_lengths": {0: "batch"},
+}
+OPSET = 17
+PRECISIONS = ("fp32", "int8")
+
+
+def check_writable(out: Union[str, Path]) -> Path:
+    """``out``'s directory exists (or can be made) and takes a file; one-line ExportError otherwise."""
+    out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"--out {out}: is a directory; give a file name such as {out / 'model.onnx'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=True):
+            pass
+    except OSError as e:
+        raise ExportError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable path") from None
+    return out
+
+
+def export_onnx(model: Wav2Vec2Model, out: Union[str, Path], layers: Optional[Sequence[int]] = None,
+                precision: str = "fp32", source: str = "model") -> Path:
+    """Write ``model`` as ONNX to ``out`` (atomically: a kill never leaves a half file); returns ``out``."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose one of {PRECISIONS} (--quantize int8 or none)")
+    encoder = TraceableEncoder(model, layers, source)
+    out = check_writable(out)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    fp32 = tmp if precision == "fp32" else out.with_name(f".{out.name}.fp32.tmp{os.getpid()}")
+    # Two items of different lengths: the trace then sees a padded batch (nothing in it depends on that).
+    example = (torch.randn(2, 8000), torch.tensor([8000, 6000], dtype=torch.int64))
+    try:
+        with torch.no_grad():
+            torch.onnx.export(encoder, example, str(fp32), input_names=list(INPUT_NAMES),
+                              output_names=list(OUTPUT_NAMES), dynamic_axes=DYNAMIC_AXES, opset_version=OPSET,
+                              dynamo=False, do_constant_folding=True)
+        if precision == "int8":
+            quantize_int8(fp32, tmp)
+        _set_metadata(tmp, encoder.layers, model.config.get("model_type", "hubert"), precision)
+        os.replace(tmp, out)
+    finally:
+        for path in {tmp, fp32}:
+            if path.exists():
+                path.unlink()
+    return out
+
+
+def quantize_int8(fp32_path: Union[str, Path], out: Union[str, Path]) -> None:
+    """Dynamic int8 quantisation of the weight MatMuls (per-channel weights); everything else stays fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic logs a hint to run its shape pre-processing, whose symbolic inference fails on the
+    # dynamic-length graph (and that is not needed for dynamic quantisation): silence the root logger meanwhile.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(fp32_path), str(out), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
+
+
+def _set_metadata(path: Path, layers: List[int], model_type: str, precision: str) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    entries = {"dphubert_layers": " ".join(map(str, layers)), "dphubert_model_type": model_type,
+               "dphubert_sample_rate": "16000", "dphubert_precision": precision}
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+class OnnxEncoder:
+    """An exported model in onnxruntime: ``encoder(waveforms, lengths) -> (states, frame_lengths)`` (numpy)."""
+
+    def __init__(self, path: Union[str, Path], threads: Optional[int] = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.layers = [int(v) for v in meta.get("dphubert_layers", "").split()]
+        self.precision = meta.get("dphubert_precision", "fp32")
+
+    def __call__(self, waveforms: np.ndarray, lengths: np.ndarray):
+        feeds = {"waveforms": np.ascontiguousarray(waveforms, dtype=np.float32),
+                 "lengths": np.ascontiguousarray(lengths, dtype=np.int64)}
+        states, frames = self.session.run(list(OUTPUT_NAMES), feeds)
+        return states, frames
+
+
+def layer_drift(model: Wav2Vec2Model, encoder: OnnxEncoder, waveforms: torch.Tensor,
+                lengths: torch.Tensor) -> List[Dict[str, float]]:
+    """Per output state: max |onnx - PyTorch| and relative L2 error over valid frames.
+
+    The reference is ``model.extract_features`` on each item alone; the ONNX model runs the padded batch, so
+    this also checks padding invariance and the frame counts.
+    """
+    states, frames = encoder(waveforms.numpy(), lengths.numpy())
+    layers = encoder.layers or list(range(model.num_layers + 1))
+    max_diff = np.zeros(len(layers))
+    err = np.zeros(len(layers))
+    ref_norm = np.zeros(len(layers))
+    with torch.no_grad():
+        for i, n in enumerate(lengths.tolist()):
+            reference, _ = model.extract_features(waveforms[i:i + 1, :n])
+            count = reference[0].shape[1]
+            if int(frames[i]) != count:
+                raise AssertionError(f"item {i}: ONNX gives {int(frames[i])} frames, PyTorch {count}")
+            for j, layer in enumerate(layers):
+                ref = reference[layer][0].numpy()
+                got = states[j, i, :count]
+                max_diff[j] = max(max_diff[j], float(np.abs(got - ref).max()))
+                err[j] += float(np.square(got - ref).sum())
+                ref_norm[j] += float(np.square(ref).sum())
+    return [{"layer": layer, "max_abs_diff": float(max_diff[j]),
+             "relative_l2": float(np.sqrt(err[j] / max(ref_norm[j], 1e-30)))} for j, layer in enumerate(layers)]
+
+
+def format_drift(rows: List[Dict[str, float]], precision: str) -> str:
+    lines = [f"{precision} vs PyTorch (items of a padded batch vs alone): layer, max |diff|, relative L2"]
+    lines += [f"  {r['layer']:>3d}  {r['max_abs_diff']:.2e}  {r['relative_l2']:.2e}" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""ONNX export (dphubert.export, python -m dphubert.bin.export): onnxruntime vs PyTorch, int8 drift, bad input."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import ALL_GATES, tiny_config
+from dphubert.bin import export as export_cli
+from dphubert.export import ExportError, OnnxEncoder, export_onnx, layer_drift
+from dphubert.models import Wav2Vec2Model, load_model, save_model
+
+
+def pruned_model(model_type: str, large: bool) -> Wav2Vec2Model:
+    """A physically pruned tiny model with soft gate values folded in, some heads/units gone, and (non-WavLM,
+    whose layer 0 has no layer gate) whole blocks removed; the CNN's channels pruned too."""
+    torch.manual_seed(1)
+    model = Wav2Vec2Model(tiny_config(model_type, large, **ALL_GATES)).eval()
+    for gate in model.gates().values():
+        gate.log_alpha.data.normal_(1.5, 2.0)
+    layers = model.encoder.transformer.layers
+    layers[0].attention.hard_concrete_for_heads.log_alpha.data.fill_(-20)  # no head left in layer 0
+    layers[1].feed_forward.hard_concrete_for_intermediate.log_alpha.data.fill_(-20)  # no FFN unit in layer 1
+    layers[1].attention.hard_concrete_for_heads.log_alpha.data[:2] = -20  # 2 of 4 heads
+    layers[2].attention.hard_concrete_for_layer.log_alpha.data.fill_(-20)  # attention block of layer 2 removed
+    layers[2].feed_forward.hard_concrete_for_layer.log_alpha.data.fill_(-20)  # FFN block of layer 2 removed
+    pruned = model.prune()
+    cfg = pruned.config
+    assert not cfg["encoder_use_attention"][2] and not cfg["encoder_use_feed_forward"][2]
+    assert cfg["encoder_ff_interm_features"][1] == 0
+    return pruned
+
+
+VARIANTS = [("hubert", False), ("wavlm", False), ("hubert", True)]  # post-LN HuBERT, WavLM, pre-LN (Large)
+
+
+@pytest.mark.parametrize("model_type,large", VARIANTS, ids=["hubert", "wavlm", "pre_ln"])
+def test_onnx_matches_pytorch_on_other_batch_and_padded_items(tmp_path, model_type, large):
+    model = pruned_model(model_type, large)
+    out = export_onnx(model, tmp_path / "m.onnx")  # traced with a batch of 2 x 8000 samples
+    proto = onnx.load(str(out))
+    assert [i.name for i in proto.graph.input] == ["waveforms", "lengths"]
+    assert [o.name for o in proto.graph.output] == ["hidden_states", "frame_lengths"]
+    encoder = OnnxEncoder(out)
+    assert encoder.layers == list(range(model.num_layers + 1)) and encoder.precision == "fp32"
+    torch.manual_seed(2)
+    waveforms = torch.randn(3, 9137) * 0.3
+    lengths = torch.tensor([5000, 9137, 3333])  # other batch size and length; items 0 and 2 padded
+    rows = layer_drift(model, encoder, waveforms, lengths)
+    assert len(rows) == model.num_layers + 1
+    worst = max(r["max_abs_diff"] for r in rows)
+    assert worst <= 1e-4, rows
+    # The padding itself never leaks: garbage past an item's end leaves its states as they are.
+    noisy = waveforms.clone()
+    noisy[0, 5000:] = 100.0
+    a, _ = encoder(waveforms.numpy(), lengths.numpy())
+    b, frames = encoder(noisy.numpy(), lengths.numpy())
+    n = int(frames[0])
+    assert np.abs(a[:, 0, :n] - b[:, 0, :n]).max() <= 1e-5
+
+
+def test_int8_runs_and_reports_per_layer_drift(tmp_path):
+    model = pruned_model("hubert", False)
+    out = export_onnx(model, tmp_path / "m8.onnx", layers=[1, 3], precision="int8")
+    proto = onnx.load(str(out))
+    ops = {node.op_type for node in proto.graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
+    assert "Conv" in ops  # the CNN stays fp32
+    encoder = OnnxEncoder(out, threads=1)
+    assert encoder.layers == [1, 3] and encoder.precision == "int8"
+    torch.manual_seed(3)
+    waveforms = torch.randn(2, 12000) * 0.3
+    rows = layer_drift(model, encoder, waveforms, torch.tensor([12000, 7000]))
+    assert [r["layer"] for r in rows] == [1, 3]
+    for r in rows:  # quantised, so not exact; but close (random weights, no outliers)
+        assert 0 < r["relative_l2"] < 0.1, rows
+
+
+def test_cli_exports_checks_and_rejects_bad_input_in_one_line(tmp_path, capsys):
+    model = pruned_model("hubert", False)
+    save_model(model, tmp_path / "pruned.pt")
+    gated = Wav2Vec2Model(tiny_config("hubert", **ALL_GATES))
+    save_model(gated, tmp_path / "gated.pt")
+
+    out = tmp_path / "sub" / "m.onnx"
+    assert export_cli.main(["--model", str(tmp_path / "pruned.pt"), "--format", "onnx", "--out", str(out),
+                            "--layers", "0 2", "--check-seconds", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "hidden states [0, 2]" in printed and "fp32 vs PyTorch" in printed
+    states, frames = OnnxEncoder(out)(np.zeros((1, 4000), np.float32), np.array([4000]))
+    assert states.shape == (2, 1, int(frames[0]), 48)
+    assert load_model(tmp_path / "pruned.pt").output_lengths(torch.tensor([4000])).item() == frames[0]
+
+    cases = [
+        (["--model", str(tmp_path / "gated.pt"), "--out", str(tmp_path / "g.onnx")], "prune it first"),
+        (["--model", str(tmp_path / "pruned.pt"), "--out", str(tmp_path / "u.onnx"), "--layers", "1", "9"],
+         "unknown layer(s) [9]"),
+        (["--model", str(tmp_path / "pruned.pt"), "--out", str(tmp_path / "pruned.pt" / "x.onnx")],
+         "cannot write there"),
+        (["--model", str(tmp_path / "pruned.pt"), "--out", str(tmp_path / "l.onnx"), "--layers", "last"],
+         "give hidden-state numbers"),
+    ]
+    for argv, expected in cases:
+        assert export_cli.main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "g.onnx").exists() and not (tmp_path / "u.onnx").exists()
+
+
+def test_export_api_errors():
+    model = pruned_model("hubert", False)
+    with pytest.raises(ExportError, match="unknown precision"):
+        export_onnx(model, "/tmp/never.onnx", precision="fp16")
