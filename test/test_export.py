@@ -38,6 +38,7 @@ VARIANTS = [("hubert", False), ("wavlm", False), ("hubert", True)]  # post-LN Hu
 def test_onnx_matches_pytorch_on_other_batch_and_padded_items(tmp_path, model_type, large):
     model = pruned_model(model_type, large)
     out = export_onnx(model, tmp_path / "m.onnx")  # traced with a batch of 2 x 8000 samples
+    assert not model.training and not any(m.training for m in model.modules())  # export left dropout off
     proto = onnx.load(str(out))
     assert [i.name for i in proto.graph.input] == ["waveforms", "lengths"]
     assert [o.name for o in proto.graph.output] == ["hidden_states", "frame_lengths"]

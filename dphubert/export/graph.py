@@ -57,12 +57,15 @@ class TraceableEncoder(nn.Module):
     def __init__(self, model: Wav2Vec2Model, layers: Optional[Sequence[int]] = None, source: str = "model"):
         super().__init__()
         check_ungated(model, source)
-        self.model = model.eval()
+        self.model = model
         self.layers = check_layers(model, layers, source)
         self.depth = max(self.layers)
         pos_conv = model.encoder.transformer.pos_conv_embed.conv
         with torch.no_grad():
             self.register_buffer("pos_conv_weight", pos_conv.weight().detach().clone(), persistent=False)
+        # Eval mode for the wrapper too: torch.onnx.export restores the mode it found, recursively, so a
+        # wrapper left in training mode would switch the wrapped model's dropout on after the export.
+        self.eval()
 
     # ----- pieces ---------------------------------------------------------------------------------------
     @staticmethod

@@ -58,7 +58,8 @@ def export_onnx(model: Wav2Vec2Model, out: Union[str, Path], layers: Optional[Se
     """Write ``model`` as ONNX to ``out`` (atomically: a kill never leaves a half file); returns ``out``."""
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of {PRECISIONS} (--quantize int8 or none)")
-    encoder = TraceableEncoder(model, layers, source)
+    was_training = model.training
+    encoder = TraceableEncoder(model, layers, source)  # (puts model in eval mode; restored below)
     out = check_writable(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     fp32 = tmp if precision == "fp32" else out.with_name(f".{out.name}.fp32.tmp{os.getpid()}")
@@ -74,6 +75,7 @@ def export_onnx(model: Wav2Vec2Model, out: Union[str, Path], layers: Optional[Se
         _set_metadata(tmp, encoder.layers, model.config.get("model_type", "hubert"), precision)
         os.replace(tmp, out)
     finally:
+        model.train(was_training)
         for path in {tmp, fp32}:
             if path.exists():
                 path.unlink()
