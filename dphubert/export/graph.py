@@ -6,7 +6,8 @@ normalisation). ``TraceableEncoder`` computes the same states with one path for 
 
 - every mask comes from ``lengths`` arithmetically (an ``arange`` compared with the lengths, never ``.tolist()``);
 - the first conv is a plain ``conv1d`` (the training path's unfold+matmul is its faster, equal twin);
-- group norm and waveform normalisation are per-item statistics over the valid samples (masked sums);
+- group norm and waveform normalisation are per-item statistics over the valid samples (masked sums;
+  for group norm as mask-by-features matrix products, one pass over the CNN's largest tensor each);
 - the positional conv's weight norm is folded into a constant weight;
 - attention is written out (matmul, softmax, matmul), so int8 quantisation sees the projections as MatMuls.
 
@@ -85,13 +86,13 @@ class TraceableEncoder(nn.Module):
         x = F.conv1d(x, block.conv.weight, block.conv.bias, stride=block.stride)
         lengths = torch.div(lengths - block.kernel_size, block.stride, rounding_mode="floor").add(1).clamp(min=0)
         norm = block.layer_norm
-        if block.norm == "group":
-            valid = self._valid(lengths, x.shape[2], x.dtype).unsqueeze(1)
+        if block.norm == "group":  # one group per channel: statistics over each item's valid frames
+            # Masked means over time as (B, C, T) @ (B, T, 1) products: one pass each, no masked copy of x.
             count = lengths.clamp(min=1).to(x.dtype)[:, None, None]
-            mean = (x * valid).sum(-1, keepdim=True) / count
-            var = ((x - mean).square() * valid).sum(-1, keepdim=True) / count
-            x = (x - mean) * torch.rsqrt(var + norm.eps)
-            x = x * norm.weight[None, :, None] + norm.bias[None, :, None]
+            weights = self._valid(lengths, x.shape[2], x.dtype).unsqueeze(-1) / count
+            centered = x - torch.matmul(x, weights)
+            scale = torch.rsqrt(torch.matmul(centered.square(), weights) + norm.eps) * norm.weight[None, :, None]
+            x = centered * scale + norm.bias[None, :, None]
         elif block.norm == "layer":
             x = norm(x.transpose(1, 2)).transpose(1, 2)
         return F.gelu(x), lengths

@@ -1,0 +1,149 @@
+"""CPU speed of the deployed encoder: PyTorch fp32 vs onnxruntime fp32 vs onnxruntime int8, ratios in one run.
+
+    python bench/export_speed.py [--threads 1 2] [--repeats 5] [--batch 4] [--demo-model exp/<tag>/final/model.pt]
+
+For two models, (a) the demo's final model (``--demo-model``; without one, the demo teacher's shape from
+egs/demo/conf/pretrain_hubert.yaml, 4 x 256 with a 128-channel CNN, pruned at random to ~0.75 sparsity) and
+(b) a HuBERT-Base-shaped model pruned at random to ~0.75 sparsity (CNN channels, heads, FFN units; random
+weights, which time like trained ones): latency of one 10 s utterance, and throughput (seconds of audio per
+second) for a padded batch of ``--batch`` utterances of 6-10 s. All hidden states are computed and returned in
+every case. The three engines are timed interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them
+alike; the ratios against PyTorch fp32 are the result, the absolute times depend on the load (printed).
+The int8 model's drift (relative L2 error of the last hidden state vs PyTorch) is printed beside its speed.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dphubert.export import OnnxEncoder, export_onnx, layer_drift  # noqa: E402
+from dphubert.models import Wav2Vec2Model, base_config, load_model  # noqa: E402
+
+ALL_GATES = dict(extractor_prune_conv_channels=True, encoder_prune_attention_heads=True,
+                 encoder_prune_attention_layer=True, encoder_prune_feed_forward_intermediate=True,
+                 encoder_prune_feed_forward_layer=True)
+
+
+def demo_teacher_config(**extra):
+    import yaml
+
+    conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "egs/demo/conf/pretrain_hubert.yaml").read_text())
+    c = conf["cnn_channels"]
+    return base_config("hubert", extractor_conv_layer_config=[[c, 10, 5]] + [[c, 3, 2]] * 4 + [[c, 2, 2]] * 2,
+                       encoder_embed_dim=conf["embed_dim"], encoder_num_layers=conf["num_layers"],
+                       encoder_num_heads=conf["num_heads"], encoder_ff_interm_features=conf["ffn_dim"],
+                       encoder_pos_conv_kernel=conf["pos_conv_kernel"], encoder_pos_conv_groups=conf["pos_conv_groups"],
+                       encoder_layer_drop=0.0, **extra)
+
+
+def randomly_pruned(config, sparsity: float = 0.75, seed: int = 0) -> Wav2Vec2Model:
+    """Gates with random log_alpha, shifted (bisection) until the deterministic size is (1 - sparsity) x full."""
+    torch.manual_seed(seed)
+    full = Wav2Vec2Model(config).num_params()
+    gated = Wav2Vec2Model({**config, **ALL_GATES}).eval()
+    noise = {name: torch.randn_like(g.log_alpha) * 2.0 for name, g in gated.gates().items()}
+    low, high = -10.0, 10.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        for name, gate in gated.gates().items():
+            gate.log_alpha.data = noise[name] + mid
+        if gated.deterministic_num_params() > (1 - sparsity) * full:
+            high = mid
+        else:
+            low = mid
+    pruned = gated.prune()
+    print(f"  random pruning: {pruned.num_params() / 1e6:.2f}M of {full / 1e6:.2f}M parameters "
+          f"(sparsity {1 - pruned.num_params() / full:.3f})")
+    return pruned
+
+
+def interleaved(fns, repeats):
+    times = [[] for _ in fns]
+    for fn in fns:  # warm-up
+        fn()
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def bench_model(name, model, args, workdir):
+    fp32 = export_onnx(model, Path(workdir) / f"{name}.onnx")
+    int8 = export_onnx(model, Path(workdir) / f"{name}.int8.onnx", precision="int8")
+    print(f"  ONNX files: fp32 {fp32.stat().st_size / 2 ** 20:.1f} MiB, int8 {int8.stat().st_size / 2 ** 20:.1f} MiB")
+    rng = np.random.default_rng(0)
+    one = torch.from_numpy(rng.uniform(-0.3, 0.3, (1, 160000)).astype(np.float32))
+    seconds = rng.uniform(6, 10, args.batch)
+    seconds[0] = 10.0
+    lengths = torch.tensor([int(s * 16000) for s in seconds])
+    batch = torch.from_numpy(rng.uniform(-0.3, 0.3, (args.batch, int(lengths.max()))).astype(np.float32))
+    drift = layer_drift(model, OnnxEncoder(int8), batch[:2, :48000], torch.tensor([48000, 32000]))[-1]
+    print(f"  int8 drift on the last hidden state: relative L2 {drift['relative_l2']:.2e}, "
+          f"max |diff| {drift['max_abs_diff']:.2e}")
+    print(f"  {'threads':>7} {'case':<24} {'engine':<18} {'median s':>9} {'audio s/s':>10} {'vs PyTorch':>11}")
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        engines = {"PyTorch fp32": None, "onnxruntime fp32": OnnxEncoder(fp32, threads=threads),
+                   "onnxruntime int8": OnnxEncoder(int8, threads=threads)}
+        for label, (x, n) in {"latency, 1 x 10 s": (one, torch.tensor([160000])),
+                              f"throughput, {args.batch} x 6-10 s": (batch, lengths)}.items():
+            x_np, n_np = x.numpy(), n.numpy()
+
+            def run_torch():
+                with torch.inference_mode():
+                    model.extract_features(x, n)
+
+            fns = [run_torch] + [lambda e=e: e(x_np, n_np) for e in list(engines.values())[1:]]
+            times = interleaved(fns, args.repeats)
+            audio = float(n.sum()) / 16000
+            for engine, t in zip(engines, times):
+                rows.append((threads, label, engine, t, audio / t, times[0] / t))
+                print(f"  {threads:>7} {label:<24} {engine:<18} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x",
+                      flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2],
+                        help="thread counts to measure (each for torch and onnxruntime alike), e.g. 1 2")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--demo-model", default=None, help="a trained demo final model (default: random pruning)")
+    parser.add_argument("--skip-base", action="store_true", help="only the demo-shaped model")
+    args = parser.parse_args()
+    import onnxruntime
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"threads {args.threads} (torch and onnxruntime alike), {os.cpu_count()} CPUs, load average {load:.1f} at start, "
+          f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.repeats} repeats")
+    models = {}
+    if args.demo_model:
+        models["demo final"] = lambda: load_model(args.demo_model)
+    else:
+        models["demo-shaped (4 x 256), random 0.75"] = lambda: randomly_pruned(demo_teacher_config())
+    if not args.skip_base:
+        models["HuBERT-Base-shaped, random 0.75"] = lambda: randomly_pruned(base_config("hubert",
+                                                                                         encoder_layer_drop=0.0))
+    with tempfile.TemporaryDirectory() as workdir:
+        for i, (name, build) in enumerate(models.items()):
+            print(f"\n{name}")
+            bench_model(f"m{i}", build(), args, workdir)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nload average {load:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
