@@ -112,3 +112,25 @@ def test_export_api_errors():
     model = pruned_model("hubert", False)
     with pytest.raises(ExportError, match="unknown precision"):
         export_onnx(model, "/tmp/never.onnx", precision="fp16")
+
+
+def test_onnx_file_as_s3prl_upstream_matches_dphubert_local(tmp_path):
+    from dphubert.s3prl.expert import UpstreamExpert
+    from dphubert.s3prl.onnx_expert import OnnxUpstreamExpert
+
+    model = pruned_model("wavlm", False)
+    save_model(model, tmp_path / "m.pt")
+    export_onnx(model, tmp_path / "m.onnx")
+    export_onnx(model, tmp_path / "part.onnx", layers=[2])
+    ours, theirs = OnnxUpstreamExpert(str(tmp_path / "m.onnx")), UpstreamExpert(str(tmp_path / "m.pt"))
+    assert ours.get_downsample_rates("hidden_states") == theirs.get_downsample_rates("hidden_states") == 40
+    wavs = [torch.randn(6000) * 0.3, torch.randn(3900) * 0.3]
+    with torch.no_grad():
+        a, b = ours(wavs)["hidden_states"], theirs(wavs)["hidden_states"]
+    assert len(a) == len(b) == model.num_layers + 1
+    frames = model.output_lengths(torch.tensor([6000, 3900]))
+    for x, y in zip(a, b):
+        for i, n in enumerate(frames.tolist()):
+            assert (x[i, :n] - y[i, :n]).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="export again without --layers"):
+        OnnxUpstreamExpert(str(tmp_path / "part.onnx"))

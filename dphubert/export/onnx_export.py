@@ -7,7 +7,8 @@ The graph (``TraceableEncoder``, torch's TorchScript-based exporter, opset 17):
   (valid frames; ONNX forbids an output with an input's name, hence not ``lengths``);
 - batch, samples and frames are dynamic; an item of a padded batch gets the states it has alone;
 - metadata ``dphubert_layers`` (the hidden-state index of each output state, space-separated),
-  ``dphubert_model_type``, ``dphubert_sample_rate``, ``dphubert_precision``.
+  ``dphubert_model_type``, ``dphubert_sample_rate``, ``dphubert_downsample_rate`` (samples per frame),
+  ``dphubert_precision``.
 
 int8: ``onnxruntime.quantization.quantize_dynamic`` on the MatMul/Gemm weights only (the linear projections of
 attention and FFN, and the feature projection); the CNN, the positional conv, norms and the attention's
@@ -15,6 +16,7 @@ activation-by-activation products stay fp32, which keeps the drift small (``laye
 """
 
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -72,7 +74,8 @@ def export_onnx(model: Wav2Vec2Model, out: Union[str, Path], layers: Optional[Se
                               dynamo=False, do_constant_folding=True)
         if precision == "int8":
             quantize_int8(fp32, tmp)
-        _set_metadata(tmp, encoder.layers, model.config.get("model_type", "hubert"), precision)
+        downsample_rate = math.prod(stride for _, _, stride in model.config["extractor_conv_layer_config"])
+        _set_metadata(tmp, encoder.layers, model.config.get("model_type", "hubert"), downsample_rate, precision)
         os.replace(tmp, out)
     finally:
         model.train(was_training)
@@ -98,12 +101,13 @@ def quantize_int8(fp32_path: Union[str, Path], out: Union[str, Path]) -> None:
         root.setLevel(level)
 
 
-def _set_metadata(path: Path, layers: List[int], model_type: str, precision: str) -> None:
+def _set_metadata(path: Path, layers: List[int], model_type: str, downsample_rate: int, precision: str) -> None:
     import onnx
 
     proto = onnx.load(str(path))
     entries = {"dphubert_layers": " ".join(map(str, layers)), "dphubert_model_type": model_type,
-               "dphubert_sample_rate": "16000", "dphubert_precision": precision}
+               "dphubert_sample_rate": "16000", "dphubert_downsample_rate": str(downsample_rate),
+               "dphubert_precision": precision}
     del proto.metadata_props[:]
     for key, value in entries.items():
         proto.metadata_props.add(key=key, value=value)
@@ -125,6 +129,7 @@ class OnnxEncoder:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.layers = [int(v) for v in meta.get("dphubert_layers", "").split()]
         self.precision = meta.get("dphubert_precision", "fp32")
+        self.downsample_rate = int(meta.get("dphubert_downsample_rate", 320))
 
     def __call__(self, waveforms: np.ndarray, lengths: np.ndarray):
         feeds = {"waveforms": np.ascontiguousarray(waveforms, dtype=np.float32),

@@ -53,10 +53,14 @@ def dphubert_local(ckpt: str, *args, **kwargs) -> UpstreamExpert:
 
 
 def register() -> None:
-    """Apply the torchaudio compatibility layer, then add ``dphubert_local`` to ``s3prl.hub`` (idempotent)."""
+    """Apply the torchaudio compatibility layer, then add ``dphubert_local`` (and ``dphubert_onnx``) to ``s3prl.hub``
+    (idempotent)."""
     from dphubert.s3prl import compat
 
     compat.apply()
     import s3prl.hub
 
     setattr(s3prl.hub, UPSTREAM_NAME, dphubert_local)
+    from dphubert.s3prl.onnx_expert import UPSTREAM_NAME as ONNX_NAME, dphubert_onnx
+
+    setattr(s3prl.hub, ONNX_NAME, dphubert_onnx)  # an exported ONNX file (python -m dphubert.bin.export)
