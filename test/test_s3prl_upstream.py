@@ -59,3 +59,24 @@ def test_espnet_s3prl_frontend_uses_the_upstream(model_file):
     feats, feat_lengths = frontend(torch.randn(2, 16000), torch.tensor([16000, 9000]))
     assert feats.shape[0] == 2 and feats.shape[2] == frontend.output_size() == 48
     assert feat_lengths.tolist() == [400, 225]
+
+
+def test_exported_onnx_file_is_the_dphubert_onnx_upstream(model_file, tmp_path):
+    """The same model through onnxruntime (``dphubert_onnx``) gives s3prl what ``dphubert_local`` gives."""
+    from dphubert.export import export_onnx
+    from dphubert.models import load_model
+
+    register()
+    from s3prl.nn import S3PRLUpstream
+
+    export_onnx(load_model(model_file), tmp_path / "m.onnx")
+    onnx_upstream = S3PRLUpstream("dphubert_onnx", path_or_url=str(tmp_path / "m.onnx")).eval()
+    local = S3PRLUpstream("dphubert_local", path_or_url=str(model_file)).eval()
+    wavs = torch.randn(2, 9000)
+    lengths = torch.tensor([9000, 6100])
+    with torch.no_grad():
+        (a, a_lengths), (b, b_lengths) = onnx_upstream(wavs, lengths), local(wavs, lengths)
+    assert len(a) == len(b)
+    for x, y, n in zip(a, b, b_lengths):
+        for i in range(2):
+            assert (x[i, :n[i]] - y[i, :n[i]]).abs().max() < 1e-4
