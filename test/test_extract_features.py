@@ -164,6 +164,14 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
         assert cli.main([*argv, "--data", str(data), "--out", str(tmp_path / "x"), "--resample", "--downmix"]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
+    assert cli.main(["--model", str(root / "model.pt"), "--layer", "1", "--data", str(data), "--out",
+                     str(root / "model.pt" / "feats")]) == 1  # under a file: cannot be created
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot create it" in err, err
+    assert cli.main(["--model", str(root / "model.pt"), "--layer", "1", "--data", str(tmp_path / "nodata"),
+                     "--out", str(tmp_path / "z")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nodata" in err, err
     # Stage-1 audio rules: a stereo file without --downmix names the utterance and the fix.
     assert cli.main(["--model", str(root / "model.pt"), "--data", str(data), "--out", str(tmp_path / "y"),
                      "--layer", "1", "--resample"]) == 1
