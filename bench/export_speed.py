@@ -127,8 +127,9 @@ def main():
     import onnxruntime
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"threads {args.threads} (torch and onnxruntime alike), {os.cpu_count()} CPUs, load average {load:.1f} at start, "
-          f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.repeats} repeats")
+    print(f"threads {args.threads} (torch and onnxruntime alike), {os.cpu_count()} CPUs, "
+          f"load average {load:.1f} at start, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+          f"{args.repeats} repeats")
     models = {}
     if args.demo_model:
         models["demo final"] = lambda: load_model(args.demo_model)

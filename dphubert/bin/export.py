@@ -28,7 +28,8 @@ def parse_layers(values):
     try:
         return [int(t) for t in tokens]
     except ValueError:
-        raise ExportError(f"--layers {' '.join(values)!r}: give hidden-state numbers, e.g. --layers \"3 6 9\"") from None
+        given = " ".join(values)
+        raise ExportError(f"--layers {given!r}: give hidden-state numbers, e.g. --layers \"3 6 9\"") from None
 
 
 def get_parser() -> argparse.ArgumentParser:
