@@ -172,6 +172,15 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
                      "--out", str(tmp_path / "z")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nodata" in err, err
+    # An utterance too short for one frame (tiny CNN: 10 + 5 * (2 + 2 * (2 + 2 * 1)) = 60 samples) is named.
+    short = tmp_path / "short"
+    short.mkdir()
+    soundfile.write(tmp_path / "s.wav", np.zeros(59), 16000)
+    (short / "wav.scp").write_text(f"tiny {tmp_path / 's.wav'}\n")
+    assert cli.main(["--model", str(root / "model.pt"), "--layer", "1", "--data", str(short), "--out",
+                     str(tmp_path / "s")]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (and a progress bar)
+    assert len(err) == 1 and "tiny" in err[0] and "60 samples" in err[0], err
     # Stage-1 audio rules: a stereo file without --downmix names the utterance and the fix.
     assert cli.main(["--model", str(root / "model.pt"), "--data", str(data), "--out", str(tmp_path / "y"),
                      "--layer", "1", "--resample"]) == 1

@@ -114,6 +114,14 @@ def read_featurizer_weights(path: str, trust_checkpoint: bool = False) -> Tuple[
     return weights, normalize
 
 
+def min_samples(model: Wav2Vec2Model) -> int:
+    """The fewest samples that give one frame (the CNN's receptive field: 400 for wav2vec 2.0 / HuBERT)."""
+    field = 1
+    for _, kernel, stride in reversed(model.config["extractor_conv_layer_config"]):
+        field = (field - 1) * stride + kernel
+    return field
+
+
 def length_buckets(lengths: Dict[str, int], max_batch_samples: int) -> List[List[str]]:
     """Utterances sorted longest first, packed so that ``items x longest`` stays under ``max_batch_samples``."""
     batches: List[List[str]] = []
@@ -220,6 +228,12 @@ def extract_features(model: Wav2Vec2Model, data: str, out_dir: str, selection: S
             raise AudioError(f"{data}: {len(bad)} utterance(s) with bad audio (see stage 1: python -m "
                              f"dphubert.bin.prepare_data --data {data}); first: {bad[0][1]}")
         lengths.update(counted)
+    shortest = min_samples(model)
+    too_short = sorted(utt for utt, n in lengths.items() if n < shortest)
+    if too_short:
+        raise AudioError(f"{data}: {len(too_short)} utterance(s) shorter than the model's {shortest} samples for one "
+                         f"frame (first: {too_short[0]}, {lengths[too_short[0]]} samples); remove them from the data "
+                         f"dir (utils/subset_data_dir.sh or utils/filter_scp.pl, then utils/fix_data_dir.sh)")
     batches = length_buckets(lengths, int(batch_seconds * SAMPLE_RATE))
 
     model = model.to(device).eval()
