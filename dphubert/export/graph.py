@@ -9,7 +9,7 @@ normalisation). ``TraceableEncoder`` computes the same states with one path for 
 - group norm and waveform normalisation are per-item statistics over the valid samples (masked sums;
   for group norm as mask-by-features matrix products, one pass over the CNN's largest tensor each);
 - the positional conv's weight norm is folded into a constant weight;
-- attention is written out (matmul, softmax, matmul), so int8 quantisation sees the projections as MatMuls.
+- attention is written out (matmul, softmax, matmul; what the exporter makes of SDPA anyway).
 
 Branches that remain are on the architecture (a block with zero heads, an absent FFN), fixed at export time.
 Only ungated (physically pruned or never gated) models are accepted. The PyTorch training path is untouched.
