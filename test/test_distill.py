@@ -25,7 +25,7 @@ from dphubert.data import AudioDataset, CropCollator
 from dphubert.distill import (DistillConfigError, LagrangianRegularizer, LayerDistillTask, LayerProjections,
                               TeacherFeatureReader, default_distill_layers, distill_loss, dump_teacher_features,
                               gated_student, layer_loss, load_config, min_num_params, plan_distilhubert)
-from dphubert.distill.errors import TeacherMismatchError
+from dphubert.distill.errors import DistillError, TeacherMismatchError
 from dphubert.distill.students import distilhubert_student
 from dphubert.distill.tasks import loss_weights
 from dphubert.distill.teacher import DumpedTeacher, OnlineTeacher, frame_stride
@@ -176,14 +176,65 @@ def test_unknown_yaml_key_is_one_clear_error(work, tmp_path, capsys):
     assert load_config("final_distill", None, {"lr": "1e-4"})["lr"] == 1e-4
 
 
-def test_packaged_configs_match_the_paper():
-    prune = load_config("distill_prune")
-    assert (prune["max_steps"], prune["lr"], prune["warmup_steps"], prune["reg_lr"]) == (50000, 2e-4, 15000, 0.02)
-    assert (prune["target_sparsity"], prune["sparsity_warmup_steps"], prune["grad_clip"]) == (0.75, 5000, 10.0)
-    assert prune["prune_units"] == ["conv", "head", "interm"] and prune["weight_decay"] == 0.0
-    final = load_config("final_distill")
-    assert (final["max_steps"], final["lr"], final["warmup_steps"]) == (25000, 1e-4, 5000)
-    assert load_config("distilhubert")["cos_type"] == "log_sig"
+PACKAGED_CONF = ROOT / "dphubert" / "distill" / "conf"
+RECIPE_CONFS = sorted(p for p in ROOT.glob("egs/*/conf/**/*.yaml") if "exp" not in p.parts)
+PAPER = {  # METHOD.md section 8 (Step 1, Step 2) and the DistilHuBERT paper (200k steps, lr 2e-4, warmup 7%)
+    "distill_prune": dict(max_steps=50000, lr=2e-4, warmup_steps=15000, reg_lr=0.02, target_sparsity=0.75,
+                          sparsity_warmup_steps=5000, grad_clip=10.0, weight_decay=0.0, accum_grad=None,
+                          prune_units=["conv", "head", "interm"], cos_type="raw", l1_weight=1.0, cos_weight=1.0,
+                          l2_weight=0.0, distill_layers=None),
+    "final_distill": dict(max_steps=25000, lr=1e-4, warmup_steps=5000, grad_clip=10.0, weight_decay=0.0,
+                          cos_type="raw", l1_weight=1.0, cos_weight=1.0, l2_weight=0.0),
+    "distilhubert": dict(max_steps=200000, lr=2e-4, warmup_steps=14000, cos_type="log_sig", num_layers=None),
+}
+
+
+def _shipped(path: Path):
+    """(method, the file's own mapping, the config load_config makes of it)."""
+    method = path.stem
+    raw = yaml.safe_load(path.read_text())
+    return method, raw, load_config(method, path)
+
+
+@pytest.mark.parametrize("path", [PACKAGED_CONF / f"{m}.yaml" for m in PAPER]
+                         + [p for p in RECIPE_CONFS if p.parent.name in ("hubert_base", "hubert_large",
+                                                                            "wavlm_base_plus")],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_full_size_configs_have_the_papers_values(path):
+    method, raw, cfg = _shipped(path)
+    assert set(raw) == set(load_config(method)), "a shipped config lists every key of its method"
+    for key, value in raw.items():
+        assert cfg[key] == value, key  # the file's values, not the Python defaults
+    for key, value in PAPER[method].items():
+        if value is not None or key == "distill_layers":
+            assert cfg[key] == value, f"{path.name}: {key}"
+    # The paper's batch: ~160 s of audio per GPU (Large: 80 s x 2 accumulated batches).
+    assert cfg["batch_seconds"] * cfg["accum_grad"] == 160.0
+    assert (cfg["min_seconds"], cfg["max_seconds"]) == (2.0, 15.6)
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPE_CONFS if p.stem in PAPER or p.stem == "pretrain_hubert"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_recipe_config_loads_through_its_cli_loader(path, tmp_path):
+    if path.stem == "pretrain_hubert":
+        from dphubert.bin.pretrain_hubert import parse_args
+        raw = yaml.safe_load(path.read_text())
+        args = parse_args(["--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+        assert all(getattr(args, key) == value for key, value in raw.items())
+        return
+    method, raw, cfg = _shipped(path)
+    assert set(raw) == set(load_config(method))
+    assert all(cfg[key] == value for key, value in raw.items())
+    if method == "distill_prune":
+        assert cfg["prune_units"] == ["conv", "head", "interm"] and 0.0 < cfg["target_sparsity"] < 1.0
+
+
+def test_recipes_ship_configs_for_every_setup():
+    names = {str(p.relative_to(ROOT)) for p in RECIPE_CONFS}
+    for setup in ("hubert_base", "hubert_large", "wavlm_base_plus"):
+        for method in PAPER:
+            assert f"egs/librispeech/conf/{setup}/{method}.yaml" in names
+    assert {f"egs/demo/conf/{m}.yaml" for m in PAPER} <= names
 
 
 def test_target_sparsity_above_maximum_fails_at_start(work, tmp_path, capsys):
@@ -336,7 +387,8 @@ def test_dump_resumes_after_a_kill(work, tmp_path):
         states, _ = teacher.extract_features(data[11][1][None])
     np.testing.assert_allclose(index["utt11-L3"], states[3][0].numpy(), atol=2e-2, rtol=1e-2)
     # The same dump with other layers is refused.
-    with pytest.raises(Exception, match="layers"):
+    with pytest.raises(DistillError, match=r"an existing dump has layers=\[0, 3\] but this run has layers=\[0, 2\]; "
+                                           r"use another --out or delete"):
         dump_teacher_features(teacher, work["varied"], [0, 2], out, progress=False)
 
 
