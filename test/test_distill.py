@@ -84,6 +84,18 @@ def model_tensors(path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     out = {f"model.{k}": v for k, v in ckpt["state_dict"].items()}
     out.update({f"proj.{k}": v for k, v in (ckpt.get("distill_linear_projs") or {}).items()})
+    out.update({f"head.{k}": v for k, v in (ckpt.get("distill_heads") or {}).items()})
+    return out
+
+
+def write_pruned_student(teacher_path: Path, out: Path, layers=(0, 1, 2, 3)) -> Path:
+    """A Step-1 output as bin.prune writes it: the pruned model with its projections and distill metadata."""
+    teacher = load_model(teacher_path)
+    student = gated_student(teacher, ["conv", "head", "interm"])
+    task = LayerDistillTask(student, LayerProjections(list(layers), [[0], list(layers[1:])], 48, 48),
+                            loss_weights(load_config("final_distill")))
+    extra = {k: v for k, v in task.model_file().items() if k in ("distill_linear_projs", "distill")}
+    save_model(student.prune(), out, extra)
     return out
 
 
@@ -285,7 +297,7 @@ def test_distillation_loss_goes_down_without_pruning(work, tmp_path):
 
 
 # ----- resuming --------------------------------------------------------------------------------------------------
-def test_kill_and_resume_gives_identical_weights(work, tmp_path):
+def test_kill_and_resume_gives_identical_weights(work, tmp_path, capsys):
     args = ["--teacher", work["teacher"], "--data", work["varied"], *FAST, "--max-steps", 12, "--save-interval", 5,
             "--target-sparsity", 0.3, "--sparsity-warmup-steps", 6, "--reg-lr", 0.05]
     assert run_cli(distill_prune, [*args, "--exp", tmp_path / "straight"]) == 0
@@ -300,6 +312,10 @@ def test_kill_and_resume_gives_identical_weights(work, tmp_path):
     assert [p.name for p in (killed / "checkpoints").glob("*.pt")] == ["ckpt_step00000005.pt"]
     # Without --resume the experiment is protected.
     assert run_cli(distill_prune, [*args, "--exp", killed, "--num-workers", 1]) == 1
+    # A resume toward another target is refused, naming the change.
+    assert run_cli(distill_prune, [*args, "--exp", killed, "--resume", "--target-sparsity", 0.4]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "target_sparsity: 0.3 -> 0.4" in err[-1] and "--exp" in err[-1] and "Traceback" not in "".join(err)
     assert run_cli(distill_prune, [*args, "--exp", killed, "--num-workers", 1, "--resume"]) == 0
     straight, resumed = model_tensors(tmp_path / "straight" / "last.pt"), model_tensors(killed / "last.pt")
     assert straight.keys() == resumed.keys()
@@ -309,6 +325,45 @@ def test_kill_and_resume_gives_identical_weights(work, tmp_path):
     assert run_cli(distill_prune, [*args, "--exp", killed, "--num-workers", 1, "--resume"]) == 0
     for key, value in model_tensors(killed / "last.pt").items():
         assert torch.equal(value, straight[key])
+
+
+@pytest.mark.parametrize("module", [final_distill, distilhubert], ids=["final_distill", "distilhubert"])
+def test_step2_and_baseline_kill_and_resume_give_identical_weights(module, work, tmp_path, capsys):
+    """As Step 1: killed after step 7 (checkpoint at 4) and resumed == uninterrupted; a resume with another
+    teacher or another distillation target is refused in one line naming old -> new."""
+    name = module.__name__.rsplit(".", 1)[1]
+    extra = (["--student", write_pruned_student(work["teacher"], tmp_path / "pruned.pt")] if name == "final_distill"
+             else ["--num-layers", 1])
+    args = ["--teacher", work["teacher"], "--data", work["varied"], *FAST, "--max-steps", 10, "--save-interval", 4,
+            "--lr", "1e-3", *extra]
+    killed = tmp_path / "killed"
+    crashing = subprocess.Popen([sys.executable, "-m", f"dphubert.bin.{name}", *map(str, args), "--exp", str(killed)],
+                                cwd=ROOT, env=dict(os.environ, DPHUBERT_CRASH_AFTER_STEP="7"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert run_cli(module, [*args, "--exp", tmp_path / "straight"]) == 0
+    _, stderr = crashing.communicate(timeout=300)
+    assert crashing.returncode == 75, stderr[-2000:]
+    assert [p.name for p in (killed / "checkpoints").glob("*.pt")] == ["ckpt_step00000004.pt"]
+    capsys.readouterr()
+
+    other = tmp_path / "other_teacher.pt"
+    save_model(Wav2Vec2Model(tiny_config("hubert")), other)  # same shapes, other weights
+    swapped = [str(other) if a == work["teacher"] else a for a in args]
+    assert run_cli(module, [*swapped, "--exp", killed, "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"another teacher ({work['teacher']} [" in err and f"-> {other} [" in err and "--teacher" in err
+    old, new = ("raw", "log_sig") if name == "final_distill" else ("log_sig", "raw")
+    assert run_cli(module, [*args, "--exp", killed, "--resume", "--cos-type", new]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cos_type: '{old}' -> '{new}'" in err, err
+
+    assert run_cli(module, [*args, "--exp", killed, "--resume"]) == 0
+    straight, resumed = model_tensors(tmp_path / "straight" / "last.pt"), model_tensors(killed / "last.pt")
+    assert straight.keys() == resumed.keys() and any(k.startswith(("proj.", "head.")) for k in straight)
+    start = load_model(tmp_path / "pruned.pt" if name == "final_distill" else work["teacher"]).state_dict()
+    assert any(not torch.equal(straight[f"model.{k}"], v) for k, v in start.items() if f"model.{k}" in straight)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
 
 
 # ----- DDP ---------------------------------------------------------------------------------------------------------
