@@ -8,6 +8,7 @@ and torchrun DDP tests, and the end-to-end chain).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -364,6 +365,50 @@ def test_step2_and_baseline_kill_and_resume_give_identical_weights(module, work,
     assert any(not torch.equal(straight[f"model.{k}"], v) for k, v in start.items() if f"model.{k}" in straight)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def _resume_from_first_checkpoint(exp: Path, copy: Path) -> None:
+    """``exp`` as a run killed right after its first checkpoint would have left it."""
+    shutil.copytree(exp, copy)
+    for later in sorted((copy / "checkpoints").glob("*.pt"))[1:]:
+        later.unlink()
+    (copy / "last.pt").unlink()
+
+
+def test_amp_on_cpu_bf16_resumes_exactly_fp16_refused_and_scaler_state_restored(work, tmp_path, capsys, monkeypatch):
+    args = ["--teacher", work["teacher"], "--data", work["varied"], *FAST, "--max-steps", 10, "--save-interval", 4,
+            "--target-sparsity", 0.3, "--sparsity-warmup-steps", 6, "--reg-lr", 0.05, "--device", "cpu"]
+    # fp16 needs CUDA: one line with the fix, before any step.
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "fp16", "--amp", "fp16"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "amp fp16 needs a CUDA device" in err[-1] and "--amp bf16" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "fp16" / "checkpoints").exists()
+
+    # bf16 autocast on CPU: runs, changes the numbers, and a resume from a checkpoint ends bit for bit equal.
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "bf16", "--amp", "bf16"]) == 0
+    _resume_from_first_checkpoint(tmp_path / "bf16", tmp_path / "bf16_resumed")
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "bf16_resumed", "--amp", "bf16", "--resume"]) == 0
+    straight = model_tensors(tmp_path / "bf16" / "last.pt")
+    for key, value in model_tensors(tmp_path / "bf16_resumed" / "last.pt").items():
+        assert torch.equal(value, straight[key]), key
+
+    # fp16's GradScaler on CPU (as far as CPU allows: a real, enabled GradScaler around fp32 math, growing its
+    # scale every 3 steps): its state is saved in every checkpoint and restored on resume.
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda device, enabled=True: real_scaler("cpu", init_scale=1024.0, growth_interval=3))
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "scaled"]) == 0
+    first = torch.load(tmp_path / "scaled" / "checkpoints" / "ckpt_step00000004.pt", weights_only=True)["scaler"]
+    assert (first["scale"], first["_growth_tracker"]) == (2048.0, 1)  # grown once at step 3
+    _resume_from_first_checkpoint(tmp_path / "scaled", tmp_path / "scaled_resumed")
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "scaled_resumed", "--resume"]) == 0
+    ends = [torch.load(tmp_path / d / "checkpoints" / "ckpt_step00000010.pt", weights_only=True)
+            for d in ("scaled", "scaled_resumed")]
+    assert ends[0]["scaler"] == ends[1]["scaler"] and ends[0]["scaler"]["scale"] == 8192.0  # steps 3, 6, 9
+    scaled = model_tensors(tmp_path / "scaled" / "last.pt")
+    for key, value in model_tensors(tmp_path / "scaled_resumed" / "last.pt").items():
+        assert torch.equal(value, scaled[key]), key
+    assert any(not torch.equal(scaled[k], straight[k]) for k in straight), "bf16 autocast had no effect"
 
 
 # ----- DDP ---------------------------------------------------------------------------------------------------------

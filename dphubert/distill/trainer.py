@@ -138,7 +138,8 @@ class Trainer:
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.device = env.device
         if cfg["amp"] == "fp16" and self.device.type != "cuda":
-            raise DistillConfigError(f"amp fp16 needs a CUDA device (running on {self.device}); use amp bf16 or none")
+            raise DistillConfigError(f"amp fp16 needs a CUDA device (this run is on {self.device}); pass --amp bf16 "
+                                     f"or --amp none (or set amp: in the --config file)")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg["amp"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
 
