@@ -637,6 +637,80 @@ def test_cli_chain_end_to_end(work, tmp_path):
     assert "distill_heads" in torch.load(tmp_path / "distil" / "last.pt", weights_only=True)
 
 
+@pytest.mark.parametrize("model_type,large", [("wavlm", False), ("hubert", True)], ids=["wavlm", "pre_ln_large"])
+def test_wavlm_and_pre_ln_teachers_through_every_step(model_type, large, work, tmp_path, capsys):
+    """Step 1 -> prune -> Step 2 -> package with a WavLM teacher and a pre-LN (Large-style: layer-norm CNN,
+    layer_norm_first) teacher, all through the CLIs; the packaged files give Step 2's hidden states."""
+    from dphubert.bin import package, prune
+    from dphubert.models.release import release_checkpoint
+
+    teacher = Wav2Vec2Model(tiny_config(model_type, large))
+    assert teacher.config["encoder_layer_norm_first"] == large
+    save_model(teacher, tmp_path / "teacher.pt")
+    common = ["--teacher", tmp_path / "teacher.pt", "--data", work["varied"], *FAST]
+    exp = tmp_path / "exp"
+    assert run_cli(distill_prune, [*common, "--exp", exp, "--max-steps", 6, "--target-sparsity", 0.3,
+                                   "--sparsity-warmup-steps", 3, "--reg-lr", 0.2,
+                                   "--prune-units", "[conv, head, attlayer, interm, ffnlayer]"]) == 0
+    gated = load_model(exp / "last.pt")
+    assert gated.gates() and gated.config["model_type"] == model_type
+    assert prune.main(["--ckpt", str(exp / "last.pt"), "--out", str(exp / "pruned.pt"),
+                       "--teacher", str(tmp_path / "teacher.pt")]) == 0
+    pruned = load_model(exp / "pruned.pt")
+    assert pruned.num_params() == gated.deterministic_num_params() < teacher.num_params()
+    assert run_cli(final_distill, [*common, "--student", exp / "pruned.pt", "--exp", exp / "final",
+                                   "--max-steps", 4]) == 0
+    final = exp / "final"
+    capsys.readouterr()
+    assert package.main(["--model", str(final / "last.pt"), "--out", str(final / "model.pt"), "--teacher",
+                         str(tmp_path / "teacher.pt"), "--release-out", str(final / "model_release.pth")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {final / 'model.pt'}, {final / 'summary.json'}" in out
+
+    trained, packaged = load_model(final / "last.pt").eval(), load_model(final / "model.pt").eval()
+    assert packaged.config == trained.config == pruned.config
+    x = torch.randn(1, 6000)
+    with torch.no_grad():
+        for a, b in zip(trained.extract_features(x)[0], packaged.extract_features(x)[0]):
+            assert torch.equal(a, b)
+    saved = torch.load(final / "model.pt", weights_only=True)
+    step2 = torch.load(final / "last.pt", weights_only=True)
+    assert saved["teacher_num_params"] == teacher.num_params()
+    assert saved["distill_linear_projs"].keys() == step2["distill_linear_projs"].keys()
+    summary = yaml.safe_load((final / "summary.json").read_text())  # JSON is YAML
+    assert summary["params"] == pruned.num_params() and summary["model_type"] == model_type
+    assert summary["sparsity"] == pytest.approx(1 - pruned.num_params() / teacher.num_params())
+    release = torch.load(final / "model_release.pth", weights_only=True)
+    expected = release_checkpoint(trained, step2["distill_linear_projs"])
+    assert release["config"] == expected["config"] and release["state_dict"].keys() == expected["state_dict"].keys()
+    assert ("encoder_remaining_heads" in release["config"]) == (model_type == "wavlm")
+    assert release["config"]["encoder_layer_norm_first"] == large
+    reloaded = load_model(final / "model_release.pth").eval()
+    with torch.no_grad():
+        for a, b in zip(trained.extract_features(x)[0], reloaded.extract_features(x)[0]):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_package_refuses_gated_models_and_unwritable_outputs(work, tmp_path, capsys):
+    from dphubert.bin import package
+
+    gated = gated_student(load_model(work["teacher"]), ["conv", "head", "interm"])
+    save_model(gated, tmp_path / "gated.pt")
+    assert package.main(["--model", str(tmp_path / "gated.pt"), "--out", str(tmp_path / "model.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "still has pruning gates" in err[0] and "dphubert.bin.prune --ckpt" in err[0]
+    assert not (tmp_path / "model.pt").exists()
+    pruned = write_pruned_student(work["teacher"], tmp_path / "pruned.pt")
+    (tmp_path / "file").write_text("")
+    assert package.main(["--model", str(pruned), "--out", str(tmp_path / "file" / "model.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write it" in err[0] and "choose another --out" in err[0]
+    # Without --teacher the sparsity is unknown (the pruned file has no teacher count): null, not a guess.
+    assert package.main(["--model", str(pruned), "--out", str(tmp_path / "ok" / "model.pt")]) == 0
+    summary = yaml.safe_load((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["sparsity"] is None and summary["params"] == load_model(pruned).num_params()
+
+
 def test_clis_have_usage_help():
     for module in ("distill_prune", "final_distill", "distilhubert", "dump_teacher"):
         proc = _run(f"dphubert.bin.{module}", "--help")
