@@ -711,6 +711,24 @@ def test_package_refuses_gated_models_and_unwritable_outputs(work, tmp_path, cap
     assert summary["sparsity"] is None and summary["params"] == load_model(pruned).num_params()
 
 
+def test_device_cuda_without_cuda_is_one_line_in_every_cli(work, tmp_path, monkeypatch, capsys):
+    """(distill_prune: test_multinode.py.) The other training CLIs and dump_teacher, before any work."""
+    from dphubert.bin import dump_teacher
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pruned = write_pruned_student(work["teacher"], tmp_path / "pruned.pt")
+    base = ["--teacher", str(work["teacher"]), "--data", str(work["varied"]), "--device", "cuda"]
+    cases = {final_distill: [*base, "--student", str(pruned), "--exp", str(tmp_path / "f")],
+             distilhubert: [*base, "--exp", str(tmp_path / "d")],
+             dump_teacher: [*base, "--out", str(tmp_path / "dump")]}
+    for module, argv in cases.items():
+        assert module.main(argv) == 1
+        prog = f"python -m {module.__name__}"
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"{prog}: error: --device cuda: no CUDA device is available; use --device cpu")
+    assert not (tmp_path / "dump").exists() and not (tmp_path / "f" / "checkpoints").exists()
+
+
 def test_clis_have_usage_help():
     for module in ("distill_prune", "final_distill", "distilhubert", "dump_teacher"):
         proc = _run(f"dphubert.bin.{module}", "--help")
