@@ -352,9 +352,9 @@ class Trainer:
         for name, now in self.inputs.items():
             before = (ckpt.get("inputs") or {}).get(name)
             if before is not None and before.get("digest") != now.get("digest"):
-                raise ResumeError(f"{path}: was written with another {name} ({before.get('path')} [{before.get('digest')}]"
-                                  f" -> {now.get('path')} [{now.get('digest')}]); resume with the --{name} of that "
-                                  f"run, or use another --exp")
+                raise ResumeError(f"{path}: was written with another {name} ({before.get('path')} "
+                                  f"[{before.get('digest')}] -> {now.get('path')} [{now.get('digest')}]); resume "
+                                  f"with the --{name} of that run, or use another --exp")
         changed = [k for k in self.cfg if ckpt["config"].get(k) != self.cfg[k]]
         targets = [k for k in changed if k in TARGET_KEYS]
         if targets:
