@@ -323,13 +323,20 @@ def test_fairseq_finetuned_checkpoint_gives_its_encoder(tmp_path):
         from_fairseq(tmp_path / "ft_no_args.pt")
 
 
-def test_parse_conv_layers_is_safe():
+def test_parse_conv_layers_is_safe(tmp_path):
     spec = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"
     assert parse_conv_layers(spec) == [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
     assert parse_conv_layers("2 * [(8, 3, 2)]") == [[8, 3, 2]] * 2
-    for bad in ["__import__('os').system('true')", "[(512, 10)]", "[(1, 2, 3)] * 'a'", "[]"]:
+    for bad in ["[(512, 10)]", "[(1, 2, 3)] * 'a'", "[]"]:
         with pytest.raises(ConvertError, match="conv_feature_layers"):
             parse_conv_layers(bad)
+    # Code in a checkpoint's config must not run: a payload with a visible effect, which an eval-based parser
+    # would execute (its result, a list of one int, then fails as a bad spec and still raises ConvertError).
+    marker = tmp_path / "payload_ran"
+    payload = f"[__import__('pathlib').Path({str(marker)!r}).touch()] + [(512, 10, 5)]"
+    with pytest.raises(ConvertError, match="cannot parse conv_feature_layers"):
+        parse_conv_layers(payload)
+    assert not marker.exists(), "parse_conv_layers executed code from the checkpoint"
 
 
 def test_fairseq_unknown_content_is_a_clear_error(tmp_path):

@@ -8,6 +8,7 @@ and torchrun DDP tests, and the end-to-end chain).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from dphubert.data import AudioDataset, CropCollator
 from dphubert.distill import (DistillConfigError, LagrangianRegularizer, LayerDistillTask, LayerProjections,
                               TeacherFeatureReader, default_distill_layers, distill_loss, dump_teacher_features,
                               gated_student, layer_loss, load_config, min_num_params, plan_distilhubert)
-from dphubert.distill.errors import TeacherMismatchError
+from dphubert.distill.errors import DistillError, TeacherMismatchError
 from dphubert.distill.students import distilhubert_student
 from dphubert.distill.tasks import loss_weights
 from dphubert.distill.teacher import DumpedTeacher, OnlineTeacher, frame_stride
@@ -84,6 +85,18 @@ def model_tensors(path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     out = {f"model.{k}": v for k, v in ckpt["state_dict"].items()}
     out.update({f"proj.{k}": v for k, v in (ckpt.get("distill_linear_projs") or {}).items()})
+    out.update({f"head.{k}": v for k, v in (ckpt.get("distill_heads") or {}).items()})
+    return out
+
+
+def write_pruned_student(teacher_path: Path, out: Path, layers=(0, 1, 2, 3)) -> Path:
+    """A Step-1 output as bin.prune writes it: the pruned model with its projections and distill metadata."""
+    teacher = load_model(teacher_path)
+    student = gated_student(teacher, ["conv", "head", "interm"])
+    task = LayerDistillTask(student, LayerProjections(list(layers), [[0], list(layers[1:])], 48, 48),
+                            loss_weights(load_config("final_distill")))
+    extra = {k: v for k, v in task.model_file().items() if k in ("distill_linear_projs", "distill")}
+    save_model(student.prune(), out, extra)
     return out
 
 
@@ -176,14 +189,65 @@ def test_unknown_yaml_key_is_one_clear_error(work, tmp_path, capsys):
     assert load_config("final_distill", None, {"lr": "1e-4"})["lr"] == 1e-4
 
 
-def test_packaged_configs_match_the_paper():
-    prune = load_config("distill_prune")
-    assert (prune["max_steps"], prune["lr"], prune["warmup_steps"], prune["reg_lr"]) == (50000, 2e-4, 15000, 0.02)
-    assert (prune["target_sparsity"], prune["sparsity_warmup_steps"], prune["grad_clip"]) == (0.75, 5000, 10.0)
-    assert prune["prune_units"] == ["conv", "head", "interm"] and prune["weight_decay"] == 0.0
-    final = load_config("final_distill")
-    assert (final["max_steps"], final["lr"], final["warmup_steps"]) == (25000, 1e-4, 5000)
-    assert load_config("distilhubert")["cos_type"] == "log_sig"
+PACKAGED_CONF = ROOT / "dphubert" / "distill" / "conf"
+RECIPE_CONFS = sorted(p for p in ROOT.glob("egs/*/conf/**/*.yaml") if "exp" not in p.parts)
+PAPER = {  # METHOD.md section 8 (Step 1, Step 2) and the DistilHuBERT paper (200k steps, lr 2e-4, warmup 7%)
+    "distill_prune": dict(max_steps=50000, lr=2e-4, warmup_steps=15000, reg_lr=0.02, target_sparsity=0.75,
+                          sparsity_warmup_steps=5000, grad_clip=10.0, weight_decay=0.0, accum_grad=None,
+                          prune_units=["conv", "head", "interm"], cos_type="raw", l1_weight=1.0, cos_weight=1.0,
+                          l2_weight=0.0, distill_layers=None),
+    "final_distill": dict(max_steps=25000, lr=1e-4, warmup_steps=5000, grad_clip=10.0, weight_decay=0.0,
+                          cos_type="raw", l1_weight=1.0, cos_weight=1.0, l2_weight=0.0),
+    "distilhubert": dict(max_steps=200000, lr=2e-4, warmup_steps=14000, cos_type="log_sig", num_layers=None),
+}
+
+
+def _shipped(path: Path):
+    """(method, the file's own mapping, the config load_config makes of it)."""
+    method = path.stem
+    raw = yaml.safe_load(path.read_text())
+    return method, raw, load_config(method, path)
+
+
+@pytest.mark.parametrize("path", [PACKAGED_CONF / f"{m}.yaml" for m in PAPER]
+                         + [p for p in RECIPE_CONFS if p.parent.name in ("hubert_base", "hubert_large",
+                                                                            "wavlm_base_plus")],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_full_size_configs_have_the_papers_values(path):
+    method, raw, cfg = _shipped(path)
+    assert set(raw) == set(load_config(method)), "a shipped config lists every key of its method"
+    for key, value in raw.items():
+        assert cfg[key] == value, key  # the file's values, not the Python defaults
+    for key, value in PAPER[method].items():
+        if value is not None or key == "distill_layers":
+            assert cfg[key] == value, f"{path.name}: {key}"
+    # The paper's batch: ~160 s of audio per GPU (Large: 80 s x 2 accumulated batches).
+    assert cfg["batch_seconds"] * cfg["accum_grad"] == 160.0
+    assert (cfg["min_seconds"], cfg["max_seconds"]) == (2.0, 15.6)
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPE_CONFS if p.stem in PAPER or p.stem == "pretrain_hubert"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_recipe_config_loads_through_its_cli_loader(path, tmp_path):
+    if path.stem == "pretrain_hubert":
+        from dphubert.bin.pretrain_hubert import parse_args
+        raw = yaml.safe_load(path.read_text())
+        args = parse_args(["--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+        assert all(getattr(args, key) == value for key, value in raw.items())
+        return
+    method, raw, cfg = _shipped(path)
+    assert set(raw) == set(load_config(method))
+    assert all(cfg[key] == value for key, value in raw.items())
+    if method == "distill_prune":
+        assert cfg["prune_units"] == ["conv", "head", "interm"] and 0.0 < cfg["target_sparsity"] < 1.0
+
+
+def test_recipes_ship_configs_for_every_setup():
+    names = {str(p.relative_to(ROOT)) for p in RECIPE_CONFS}
+    for setup in ("hubert_base", "hubert_large", "wavlm_base_plus"):
+        for method in PAPER:
+            assert f"egs/librispeech/conf/{setup}/{method}.yaml" in names
+    assert {f"egs/demo/conf/{m}.yaml" for m in PAPER} <= names
 
 
 def test_target_sparsity_above_maximum_fails_at_start(work, tmp_path, capsys):
@@ -234,7 +298,7 @@ def test_distillation_loss_goes_down_without_pruning(work, tmp_path):
 
 
 # ----- resuming --------------------------------------------------------------------------------------------------
-def test_kill_and_resume_gives_identical_weights(work, tmp_path):
+def test_kill_and_resume_gives_identical_weights(work, tmp_path, capsys):
     args = ["--teacher", work["teacher"], "--data", work["varied"], *FAST, "--max-steps", 12, "--save-interval", 5,
             "--target-sparsity", 0.3, "--sparsity-warmup-steps", 6, "--reg-lr", 0.05]
     assert run_cli(distill_prune, [*args, "--exp", tmp_path / "straight"]) == 0
@@ -249,6 +313,10 @@ def test_kill_and_resume_gives_identical_weights(work, tmp_path):
     assert [p.name for p in (killed / "checkpoints").glob("*.pt")] == ["ckpt_step00000005.pt"]
     # Without --resume the experiment is protected.
     assert run_cli(distill_prune, [*args, "--exp", killed, "--num-workers", 1]) == 1
+    # A resume toward another target is refused, naming the change.
+    assert run_cli(distill_prune, [*args, "--exp", killed, "--resume", "--target-sparsity", 0.4]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "target_sparsity: 0.3 -> 0.4" in err[-1] and "--exp" in err[-1] and "Traceback" not in "".join(err)
     assert run_cli(distill_prune, [*args, "--exp", killed, "--num-workers", 1, "--resume"]) == 0
     straight, resumed = model_tensors(tmp_path / "straight" / "last.pt"), model_tensors(killed / "last.pt")
     assert straight.keys() == resumed.keys()
@@ -258,6 +326,89 @@ def test_kill_and_resume_gives_identical_weights(work, tmp_path):
     assert run_cli(distill_prune, [*args, "--exp", killed, "--num-workers", 1, "--resume"]) == 0
     for key, value in model_tensors(killed / "last.pt").items():
         assert torch.equal(value, straight[key])
+
+
+@pytest.mark.parametrize("module", [final_distill, distilhubert], ids=["final_distill", "distilhubert"])
+def test_step2_and_baseline_kill_and_resume_give_identical_weights(module, work, tmp_path, capsys):
+    """As Step 1: killed after step 7 (checkpoint at 4) and resumed == uninterrupted; a resume with another
+    teacher or another distillation target is refused in one line naming old -> new."""
+    name = module.__name__.rsplit(".", 1)[1]
+    extra = (["--student", write_pruned_student(work["teacher"], tmp_path / "pruned.pt")] if name == "final_distill"
+             else ["--num-layers", 1])
+    args = ["--teacher", work["teacher"], "--data", work["varied"], *FAST, "--max-steps", 10, "--save-interval", 4,
+            "--lr", "1e-3", *extra]
+    killed = tmp_path / "killed"
+    crashing = subprocess.Popen([sys.executable, "-m", f"dphubert.bin.{name}", *map(str, args), "--exp", str(killed)],
+                                cwd=ROOT, env=dict(os.environ, DPHUBERT_CRASH_AFTER_STEP="7"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert run_cli(module, [*args, "--exp", tmp_path / "straight"]) == 0
+    _, stderr = crashing.communicate(timeout=300)
+    assert crashing.returncode == 75, stderr[-2000:]
+    assert [p.name for p in (killed / "checkpoints").glob("*.pt")] == ["ckpt_step00000004.pt"]
+    capsys.readouterr()
+
+    other = tmp_path / "other_teacher.pt"
+    save_model(Wav2Vec2Model(tiny_config("hubert")), other)  # same shapes, other weights
+    swapped = [str(other) if a == work["teacher"] else a for a in args]
+    assert run_cli(module, [*swapped, "--exp", killed, "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"another teacher ({work['teacher']} [" in err and f"-> {other} [" in err and "--teacher" in err
+    old, new = ("raw", "log_sig") if name == "final_distill" else ("log_sig", "raw")
+    assert run_cli(module, [*args, "--exp", killed, "--resume", "--cos-type", new]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cos_type: '{old}' -> '{new}'" in err, err
+
+    assert run_cli(module, [*args, "--exp", killed, "--resume"]) == 0
+    straight, resumed = model_tensors(tmp_path / "straight" / "last.pt"), model_tensors(killed / "last.pt")
+    assert straight.keys() == resumed.keys() and any(k.startswith(("proj.", "head.")) for k in straight)
+    start = load_model(tmp_path / "pruned.pt" if name == "final_distill" else work["teacher"]).state_dict()
+    assert any(not torch.equal(straight[f"model.{k}"], v) for k, v in start.items() if f"model.{k}" in straight)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def _resume_from_first_checkpoint(exp: Path, copy: Path) -> None:
+    """``exp`` as a run killed right after its first checkpoint would have left it."""
+    shutil.copytree(exp, copy)
+    for later in sorted((copy / "checkpoints").glob("*.pt"))[1:]:
+        later.unlink()
+    (copy / "last.pt").unlink()
+
+
+def test_amp_on_cpu_bf16_resumes_exactly_fp16_refused_and_scaler_state_restored(work, tmp_path, capsys, monkeypatch):
+    args = ["--teacher", work["teacher"], "--data", work["varied"], *FAST, "--max-steps", 10, "--save-interval", 4,
+            "--target-sparsity", 0.3, "--sparsity-warmup-steps", 6, "--reg-lr", 0.05, "--device", "cpu"]
+    # fp16 needs CUDA: one line with the fix, before any step.
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "fp16", "--amp", "fp16"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "amp fp16 needs a CUDA device" in err[-1] and "--amp bf16" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "fp16" / "checkpoints").exists()
+
+    # bf16 autocast on CPU: runs, changes the numbers, and a resume from a checkpoint ends bit for bit equal.
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "bf16", "--amp", "bf16"]) == 0
+    _resume_from_first_checkpoint(tmp_path / "bf16", tmp_path / "bf16_resumed")
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "bf16_resumed", "--amp", "bf16", "--resume"]) == 0
+    straight = model_tensors(tmp_path / "bf16" / "last.pt")
+    for key, value in model_tensors(tmp_path / "bf16_resumed" / "last.pt").items():
+        assert torch.equal(value, straight[key]), key
+
+    # fp16's GradScaler on CPU (as far as CPU allows: a real, enabled GradScaler around fp32 math, growing its
+    # scale every 3 steps): its state is saved in every checkpoint and restored on resume.
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda device, enabled=True: real_scaler("cpu", init_scale=1024.0, growth_interval=3))
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "scaled"]) == 0
+    first = torch.load(tmp_path / "scaled" / "checkpoints" / "ckpt_step00000004.pt", weights_only=True)["scaler"]
+    assert (first["scale"], first["_growth_tracker"]) == (2048.0, 1)  # grown once at step 3
+    _resume_from_first_checkpoint(tmp_path / "scaled", tmp_path / "scaled_resumed")
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "scaled_resumed", "--resume"]) == 0
+    ends = [torch.load(tmp_path / d / "checkpoints" / "ckpt_step00000010.pt", weights_only=True)
+            for d in ("scaled", "scaled_resumed")]
+    assert ends[0]["scaler"] == ends[1]["scaler"] and ends[0]["scaler"]["scale"] == 8192.0  # steps 3, 6, 9
+    scaled = model_tensors(tmp_path / "scaled" / "last.pt")
+    for key, value in model_tensors(tmp_path / "scaled_resumed" / "last.pt").items():
+        assert torch.equal(value, scaled[key]), key
+    assert any(not torch.equal(scaled[k], straight[k]) for k in straight), "bf16 autocast had no effect"
 
 
 # ----- DDP ---------------------------------------------------------------------------------------------------------
@@ -336,7 +487,8 @@ def test_dump_resumes_after_a_kill(work, tmp_path):
         states, _ = teacher.extract_features(data[11][1][None])
     np.testing.assert_allclose(index["utt11-L3"], states[3][0].numpy(), atol=2e-2, rtol=1e-2)
     # The same dump with other layers is refused.
-    with pytest.raises(Exception, match="layers"):
+    with pytest.raises(DistillError, match=r"an existing dump has layers=\[0, 3\] but this run has layers=\[0, 2\]; "
+                                           r"use another --out or delete"):
         dump_teacher_features(teacher, work["varied"], [0, 2], out, progress=False)
 
 
@@ -483,6 +635,98 @@ def test_cli_chain_end_to_end(work, tmp_path):
     baseline = load_model(tmp_path / "distil" / "last.pt")  # a normal model file; heads kept aside
     assert baseline.num_params() == pytest.approx(pruned.num_params(), rel=0.01)
     assert "distill_heads" in torch.load(tmp_path / "distil" / "last.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("model_type,large", [("wavlm", False), ("hubert", True)], ids=["wavlm", "pre_ln_large"])
+def test_wavlm_and_pre_ln_teachers_through_every_step(model_type, large, work, tmp_path, capsys):
+    """Step 1 -> prune -> Step 2 -> package with a WavLM teacher and a pre-LN (Large-style: layer-norm CNN,
+    layer_norm_first) teacher, all through the CLIs; the packaged files give Step 2's hidden states."""
+    from dphubert.bin import package, prune
+    from dphubert.models.release import release_checkpoint
+
+    teacher = Wav2Vec2Model(tiny_config(model_type, large))
+    assert teacher.config["encoder_layer_norm_first"] == large
+    save_model(teacher, tmp_path / "teacher.pt")
+    common = ["--teacher", tmp_path / "teacher.pt", "--data", work["varied"], *FAST]
+    exp = tmp_path / "exp"
+    assert run_cli(distill_prune, [*common, "--exp", exp, "--max-steps", 6, "--target-sparsity", 0.3,
+                                   "--sparsity-warmup-steps", 3, "--reg-lr", 0.2,
+                                   "--prune-units", "[conv, head, attlayer, interm, ffnlayer]"]) == 0
+    gated = load_model(exp / "last.pt")
+    assert gated.gates() and gated.config["model_type"] == model_type
+    assert prune.main(["--ckpt", str(exp / "last.pt"), "--out", str(exp / "pruned.pt"),
+                       "--teacher", str(tmp_path / "teacher.pt")]) == 0
+    pruned = load_model(exp / "pruned.pt")
+    assert pruned.num_params() == gated.deterministic_num_params() < teacher.num_params()
+    assert run_cli(final_distill, [*common, "--student", exp / "pruned.pt", "--exp", exp / "final",
+                                   "--max-steps", 4]) == 0
+    final = exp / "final"
+    capsys.readouterr()
+    assert package.main(["--model", str(final / "last.pt"), "--out", str(final / "model.pt"), "--teacher",
+                         str(tmp_path / "teacher.pt"), "--release-out", str(final / "model_release.pth")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {final / 'model.pt'}, {final / 'summary.json'}" in out
+
+    trained, packaged = load_model(final / "last.pt").eval(), load_model(final / "model.pt").eval()
+    assert packaged.config == trained.config == pruned.config
+    x = torch.randn(1, 6000)
+    with torch.no_grad():
+        for a, b in zip(trained.extract_features(x)[0], packaged.extract_features(x)[0]):
+            assert torch.equal(a, b)
+    saved = torch.load(final / "model.pt", weights_only=True)
+    step2 = torch.load(final / "last.pt", weights_only=True)
+    assert saved["teacher_num_params"] == teacher.num_params()
+    assert saved["distill_linear_projs"].keys() == step2["distill_linear_projs"].keys()
+    summary = yaml.safe_load((final / "summary.json").read_text())  # JSON is YAML
+    assert summary["params"] == pruned.num_params() and summary["model_type"] == model_type
+    assert summary["sparsity"] == pytest.approx(1 - pruned.num_params() / teacher.num_params())
+    release = torch.load(final / "model_release.pth", weights_only=True)
+    expected = release_checkpoint(trained, step2["distill_linear_projs"])
+    assert release["config"] == expected["config"] and release["state_dict"].keys() == expected["state_dict"].keys()
+    assert ("encoder_remaining_heads" in release["config"]) == (model_type == "wavlm")
+    assert release["config"]["encoder_layer_norm_first"] == large
+    reloaded = load_model(final / "model_release.pth").eval()
+    with torch.no_grad():
+        for a, b in zip(trained.extract_features(x)[0], reloaded.extract_features(x)[0]):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_package_refuses_gated_models_and_unwritable_outputs(work, tmp_path, capsys):
+    from dphubert.bin import package
+
+    gated = gated_student(load_model(work["teacher"]), ["conv", "head", "interm"])
+    save_model(gated, tmp_path / "gated.pt")
+    assert package.main(["--model", str(tmp_path / "gated.pt"), "--out", str(tmp_path / "model.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "still has pruning gates" in err[0] and "dphubert.bin.prune --ckpt" in err[0]
+    assert not (tmp_path / "model.pt").exists()
+    pruned = write_pruned_student(work["teacher"], tmp_path / "pruned.pt")
+    (tmp_path / "file").write_text("")
+    assert package.main(["--model", str(pruned), "--out", str(tmp_path / "file" / "model.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write it" in err[0] and "choose another --out" in err[0]
+    # Without --teacher the sparsity is unknown (the pruned file has no teacher count): null, not a guess.
+    assert package.main(["--model", str(pruned), "--out", str(tmp_path / "ok" / "model.pt")]) == 0
+    summary = yaml.safe_load((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["sparsity"] is None and summary["params"] == load_model(pruned).num_params()
+
+
+def test_device_cuda_without_cuda_is_one_line_in_every_cli(work, tmp_path, monkeypatch, capsys):
+    """(distill_prune: test_multinode.py.) The other training CLIs and dump_teacher, before any work."""
+    from dphubert.bin import dump_teacher
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pruned = write_pruned_student(work["teacher"], tmp_path / "pruned.pt")
+    base = ["--teacher", str(work["teacher"]), "--data", str(work["varied"]), "--device", "cuda"]
+    cases = {final_distill: [*base, "--student", str(pruned), "--exp", str(tmp_path / "f")],
+             distilhubert: [*base, "--exp", str(tmp_path / "d")],
+             dump_teacher: [*base, "--out", str(tmp_path / "dump")]}
+    for module, argv in cases.items():
+        assert module.main(argv) == 1
+        prog = f"python -m {module.__name__}"
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"{prog}: error: --device cuda: no CUDA device is available; use --device cpu")
+    assert not (tmp_path / "dump").exists() and not (tmp_path / "f" / "checkpoints").exists()
 
 
 def test_clis_have_usage_help():

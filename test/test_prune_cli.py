@@ -67,15 +67,47 @@ def test_macs_of_hubert_base_by_hand():
     assert 7.0e10 < macs["total"] < 7.6e10  # ~7.4 GMACs per second of audio
 
 
+def params_by_formula(cfg: dict) -> int:
+    """METHOD.md section 4 with the pruned config's sizes (group-norm CNN, weight-normed positional conv)."""
+    total, previous = 0, 1
+    for i, (channels, kernel, _) in enumerate(cfg["extractor_conv_layer_config"]):
+        total += previous * channels * kernel + (2 * channels if i == 0 else 0)  # GroupNorm of the first layer
+        previous = channels
+    dim, head_dim = cfg["encoder_embed_dim"], cfg["encoder_head_dim"]
+    total += 2 * previous + (previous + 1) * dim  # feature projection with its LayerNorm
+    kernel, groups = cfg["encoder_pos_conv_kernel"], cfg["encoder_pos_conv_groups"]
+    total += dim * (dim // groups) * kernel + kernel + dim  # weight_v, weight_g, bias
+    for layer in range(cfg["encoder_num_layers"]):
+        heads, units = cfg["encoder_num_heads"][layer], cfg["encoder_ff_interm_features"][layer]
+        total += 4 * dim
+        if cfg["encoder_use_attention"][layer]:
+            total += (dim + 1) * heads * head_dim * 3 + (heads * head_dim + 1) * dim
+        if cfg["encoder_use_feed_forward"][layer]:
+            total += (dim + 1) * units + (units + 1) * dim
+    return total + 2 * dim  # encoder LayerNorm
+
+
+def test_summary_counts_params_and_macs_independently():
+    gated = gated_tiny("hubert")
+    pruned = gated.prune()
+    teacher = Wav2Vec2Model(tiny_config("hubert"))
+    summary = model_summary(pruned, teacher_params=teacher.num_params(), original=gated)
+    expected = params_by_formula(pruned.config)
+    assert expected == 36_798 and summary["params"] == expected
+    assert summary["sparsity"] == pytest.approx(1 - expected / 76_480)  # the tiny teacher by the same formula
+    assert params_by_formula(dict(teacher.config, encoder_head_dim=12, encoder_num_heads=[4] * 3,
+                                  encoder_ff_interm_features=[96] * 3, encoder_use_attention=[True] * 3,
+                                  encoder_use_feed_forward=[True] * 3)) == 76_480
+    assert summary["macs_seconds"] == 10.0 and summary["macs"]["total"] == brute_force_macs(pruned, 10.0)
+
+
 def test_summary_and_plot_match_the_pruned_config(tmp_path):
     gated = gated_tiny("wavlm")
     pruned = gated.prune()
     teacher_params = Wav2Vec2Model(tiny_config("wavlm")).num_params()
     summary = model_summary(pruned, teacher_params=teacher_params, original=gated)
     cfg = pruned.config
-    assert summary["params"] == pruned.num_params() == gated.deterministic_num_params()
-    assert summary["sparsity"] == pytest.approx(1 - pruned.num_params() / teacher_params)
-    assert summary["macs"] == count_macs(pruned, 10.0) and summary["original"]["macs"] == count_macs(gated, 10.0)
+    assert summary["params"] == gated.deterministic_num_params()
     assert summary["cnn_channels"] == [c[0] for c in cfg["extractor_conv_layer_config"]] == [21] * 4
     assert [layer["heads"] for layer in summary["layers"]] == [2, 0, 2]  # layer 2's attention is off
     assert [layer["attention"] for layer in summary["layers"]] == [True, False, True]

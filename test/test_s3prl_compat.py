@@ -319,7 +319,14 @@ def test_unsupported_effects_raise_clear_errors():
         effects(torch.zeros(2, 10), [["channels", "3"]])
     with pytest.raises(ValueError, match="bad sox time"):
         effects(wav, [["trim", "abc"]])
-    assert compat.effect_names() == list(compat.SUPPORTED_EFFECTS)
+    # The effects s3prl's code uses (channels, rate, gain, norm, pad, silence) and two more; each one listed works.
+    assert compat.effect_names() == ["channels", "gain", "norm", "pad", "rate", "reverse", "silence", "trim"]
+    examples = {"channels": ["1"], "gain": ["-3"], "norm": [], "pad": ["0.01"], "rate": ["8000"], "reverse": [],
+                "silence": ["1", "0.01", "1%"], "trim": ["0", "0.002"]}
+    loud = torch.from_numpy(sine(0.05))[None]
+    for name in compat.effect_names():
+        out, _ = effects(loud, [[name, *examples[name]]])
+        assert out.numel() > 0, name
 
 
 def test_distributed_sampler_wrapper_shards_the_wrapped_sampler():

@@ -400,24 +400,78 @@ def test_librispeech_side_files_for_asr_and_pr(tmp_path):
     with pytest.raises(SuperbError, match="PR: lexicon .*missing.txt not found; fix LIBRISPEECH_LEXICON"):
         sidefiles.read_lexicon([tmp_path / "missing.txt"])
 
+    # The files through s3prl's own readers: the ASR SequenceDataset with its fairseq Dictionary, and the
+    # LibriPhone ctc loader with its tokenizer (as the asr / ctc experts build them).
+    from dphubert.superb import running
 
-def test_iemocap_folds(tmp_path):
-    root = tmp_path / "IEMOCAP_full_release"
+    running.setup()
+    from s3prl.downstream.asr.dataset import SequenceDataset
+    from s3prl.downstream.asr.dictionary import Dictionary
+    from s3prl.downstream.ctc.data import load_dataset
+    from s3prl.downstream.ctc.text import load_text_encoder
+
+    dictionary = Dictionary.load(made["ASR_DICT"])
+    asr = SequenceDataset("train", 2, dictionary, str(libri), made["ASR_BUCKET_DIR"], train=["train-clean-100"])
+    items = [item for index in range(len(asr)) for item in zip(*asr[index])]  # longest first, as listed
+    assert [(name, len(wav), dictionary.string(label)) for wav, label, name in items] == [
+        ("19-198-0001", 12000, "W O R L D |"), ("19-198-0000", 8000, "H E L L O | W O R L D |")]
+    assert dictionary.unk() not in {int(t) for _, label, _ in items for t in label}
+    tokenizer = load_text_encoder(mode="word", vocab_file=pr["LIBRIPHONE_VOCAB"])
+    corpus = {"name": "libriphone", "csv_dir": pr["LIBRIPHONE_CSV_DIR"], "lexicon": pr["LIBRIPHONE_LEXICONS"],
+              "train": "train.csv", "dev": "dev.csv", "bucketing": False, "batch_size": 1, "num_workers": 0}
+    seen = {name: (len(wav), tokenizer.decode(list(label)))
+            for wavs, labels, names in load_dataset("train", tokenizer, dict(corpus))
+            for wav, label, name in zip(wavs, labels, names)}
+    assert seen == {"19-198-0000": (8000, "HH AH L OW W ER L D"), "19-198-0001": (12000, "W ER L D")}
+
+
+def _iemocap(root: Path) -> None:
+    """IEMOCAP_full_release as it ships: EmoEvaluation label files and sentences/wav/<dialog>/<utt>.wav."""
     for n in range(1, 6):
         evaluation = root / f"Session{n}" / "dialog" / "EmoEvaluation"
         evaluation.mkdir(parents=True)
-        (evaluation / f"Ses0{n}F_impro01.txt").write_text(
-            f"% header\n[6.2 - 8.2]\tSes0{n}F_impro01_F000\tneu\t[2.5, 2.5, 2.5]\n"
-            f"[9.0 - 11.0]\tSes0{n}F_impro01_M001\texc\t[3.5, 3.5, 3.5]\n"
-            f"[12.0 - 13.0]\tSes0{n}F_impro01_F002\tfru\t[2.0, 3.5, 3.5]\n")
+        lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+        for dialog, kinds in ((f"Ses0{n}F_impro01", ("neu", "exc", "fru", "sad")),
+                              (f"Ses0{n}M_script02_1", ("ang", "hap", "xxx"))):
+            wav_dir = root / f"Session{n}" / "sentences" / "wav" / dialog
+            wav_dir.mkdir(parents=True)
+            for i, label in enumerate(kinds):
+                utt = f"{dialog}_{'FM'[i % 2]}{i:03d}"
+                lines.append(f"[{6.2 + i:.4f} - {8.2 + i:.4f}]\t{utt}\t{label}\t[2.5000, 2.5000, 2.5000]")
+                if not (n == 3 and label == "sad"):  # a labelled turn without its wav file
+                    sf.write(wav_dir / f"{utt}.wav", np.zeros(SR // 10, np.float32), SR, subtype="PCM_16")
+            (evaluation / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
+            lines = []
+
+
+def test_iemocap_folds_equal_s3prls_own_preprocessing(tmp_path, capsys):
+    """Our fold files against s3prl's emotion/IEMOCAP_preprocess.py run on the same corpus, then read by s3prl."""
+    from dphubert.superb import running
+
+    running.setup()
+    from s3prl.downstream.emotion import IEMOCAP_preprocess
+    from s3prl.downstream.emotion.dataset import IEMOCAPDataset
+
+    root = tmp_path / "IEMOCAP_full_release"
+    _iemocap(root)
     made = corpora.prepare(TASKS["er"], {"IEMOCAP": str(root)}, tmp_path / "er")
+    assert "ER: 1 labelled IEMOCAP utterances have no wav file" in capsys.readouterr().err
+    IEMOCAP_preprocess.main(str(root))  # writes <root>/meta_data/Session<k>/{train,test}_meta_data.json
+
+    def key(item):
+        return item["path"]
+
+    for k in range(1, 6):
+        for name in ("train", "test"):
+            ours = json.loads((Path(made["IEMOCAP_META_DATA"]) / f"Session{k}" / f"{name}_meta_data.json").read_text())
+            theirs = json.loads((root / "meta_data" / f"Session{k}" / f"{name}_meta_data.json").read_text())
+            assert ours["labels"] == theirs["labels"] == {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
+            assert sorted(ours["meta_data"], key=key) == sorted(theirs["meta_data"], key=key), (k, name)
     test = json.loads((Path(made["IEMOCAP_META_DATA"]) / "Session2" / "test_meta_data.json").read_text())
-    assert test["labels"] == {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
-    assert test["meta_data"] == [
-        {"path": "Session2/sentences/wav/Ses02F_impro01/Ses02F_impro01_F000.wav", "label": "neu", "speaker": "Ses02"},
-        {"path": "Session2/sentences/wav/Ses02F_impro01/Ses02F_impro01_M001.wav", "label": "hap", "speaker": "Ses02"}]
-    train = json.loads((Path(made["IEMOCAP_META_DATA"]) / "Session2" / "train_meta_data.json").read_text())
-    assert len(train["meta_data"]) == 8 and all("Session2" not in m["path"] for m in train["meta_data"])
+    assert {m["speaker"] for m in test["meta_data"]} == {"Ses02F", "Ses02M"}
+    assert len(test["meta_data"]) == 5  # neu, exc (as hap), sad, ang, hap; not fru or xxx
+    dataset = IEMOCAPDataset(str(root), str(Path(made["IEMOCAP_META_DATA"]) / "Session3" / "test_meta_data.json"))
+    assert len(dataset) == 4 and sorted(dataset[i][1] for i in range(4)) == [0, 1, 1, 2]
 
 
 def test_quick_subsets_are_even_and_keep_every_split(tmp_path):

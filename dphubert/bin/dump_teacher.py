@@ -58,6 +58,8 @@ def parse_layers(text: str) -> List[int]:
 def _main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     log = setup_logging(None, True)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise DistillConfigError("--device cuda: no CUDA device is available; use --device cpu")
     teacher = load_teacher(args.teacher, args.trust_checkpoint)
     layers = parse_layers(args.layers) if args.layers else default_distill_layers(teacher.num_layers)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

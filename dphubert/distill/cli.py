@@ -151,9 +151,10 @@ def run_training(args: argparse.Namespace, method: str,
         targets = DumpedTeacher(reader, task.teacher_layers)
     else:
         targets = online
+    teacher_digest = model_digest(teacher, teacher.config)
     if env.distributed:  # every rank must train on the same config, models and data, in one shared exp dir
         check_same_inputs(env, exp_dir, cfg, {
-            "teacher": model_digest(teacher, teacher.config),
+            "teacher": teacher_digest,
             "student": model_digest(task, {}),
             f"training data ({args.data})": data_digest(train_set.utt_ids, train_set.lengths),
             f"validation data ({args.valid})": data_digest(valid_set.utt_ids, valid_set.lengths) if valid_set else "",
@@ -164,5 +165,6 @@ def run_training(args: argparse.Namespace, method: str,
              f", validating on {len(valid_set.utt_ids)}" if valid_set else "", args.teacher,
              f"{teacher.num_params():,}", f"{task.student.num_params():,}")
     trainer = Trainer(task, targets, cfg, exp_dir, env, train_set, stride, valid_set=valid_set,
-                      valid_teacher=online if valid_set is not None else None)
+                      valid_teacher=online if valid_set is not None else None,
+                      inputs={"teacher": {"path": str(args.teacher), "digest": teacher_digest[:16]}})
     return trainer.fit(resume=resume), task

@@ -55,6 +55,12 @@ _CKPT_NAME = re.compile(r"^ckpt_step(\d+)\.pt$")
 
 TeacherFn = Callable[[dict, torch.Tensor, int], List[torch.Tensor]]
 
+# Config keys that define what the student learns: a resume with another value would train toward another target,
+# so it is refused. Other keys (schedule, batch, bookkeeping) may change on resume, with a warning.
+TARGET_KEYS = ("target_sparsity", "sparsity_warmup_steps", "prune_units", "distill_layers", "layer0",
+               "projection_groups", "pred_layers", "num_layers", "ffn_width", "target_params", "l1_weight",
+               "cos_weight", "l2_weight", "cos_type", "student_overrides")
+
 
 class WarmupLinearDecay:
     """LR factor of optimizer step ``s`` (0-based): linear up to 1 over ``warmup`` steps, then linear to 0."""
@@ -123,14 +129,17 @@ def check_fresh_experiment(exp_dir: Path) -> None:
 class Trainer:
     def __init__(self, task: DistillTask, teacher: TeacherFn, cfg: Dict[str, Any], exp_dir: Path, env: DistEnv,
                  train_set: AudioDataset, crop_multiple: int, valid_set: Optional[AudioDataset] = None,
-                 valid_teacher: Optional[TeacherFn] = None):
+                 valid_teacher: Optional[TeacherFn] = None, inputs: Optional[Dict[str, Dict[str, str]]] = None):
         self.cfg = cfg
+        # What a resume must find unchanged besides the task, e.g. {"teacher": {"path": ..., "digest": ...}}.
+        self.inputs = inputs or {}
         self.env = env
         self.exp_dir = Path(exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.device = env.device
         if cfg["amp"] == "fp16" and self.device.type != "cuda":
-            raise DistillConfigError(f"amp fp16 needs a CUDA device (running on {self.device}); use amp bf16 or none")
+            raise DistillConfigError(f"amp fp16 needs a CUDA device (this run is on {self.device}); pass --amp bf16 "
+                                     f"or --amp none (or set amp: in the --config file)")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg["amp"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
 
@@ -314,7 +323,7 @@ class Trainer:
             "task": {k: v.detach().cpu() for k, v in self.task.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "sampler": self.position, "rng": states,
-            "history": self.history, "config": self.cfg,
+            "history": self.history, "config": self.cfg, "inputs": self.inputs,
         }
         path = self.ckpt_dir / f"ckpt_step{self.step:08d}.pt"
         atomic_save(ckpt, path)
@@ -337,12 +346,24 @@ class Trainer:
             raise ResumeError(f"{path}: cannot read the checkpoint ({str(e).splitlines()[0]}); delete it to "
                               f"resume from the one before") from None
         if ckpt.get("describe") != self.task.describe():
-            raise ResumeError(f"{path}: was written for another student/method ({_diff(ckpt.get('describe'), self.task.describe())}); "
-                              f"resume with the same teacher, student and options, or use another --exp")
-        changed = {k for k in self.cfg if ckpt["config"].get(k) != self.cfg[k]}
+            raise ResumeError(f"{path}: was written for another student/method "
+                              f"({_diff(ckpt.get('describe'), self.task.describe())}); resume with the same "
+                              f"teacher, student and options, or use another --exp")
+        for name, now in self.inputs.items():
+            before = (ckpt.get("inputs") or {}).get(name)
+            if before is not None and before.get("digest") != now.get("digest"):
+                raise ResumeError(f"{path}: was written with another {name} ({before.get('path')} "
+                                  f"[{before.get('digest')}] -> {now.get('path')} [{now.get('digest')}]); resume "
+                                  f"with the --{name} of that run, or use another --exp")
+        changed = [k for k in self.cfg if ckpt["config"].get(k) != self.cfg[k]]
+        targets = [k for k in changed if k in TARGET_KEYS]
+        if targets:
+            raise ResumeError(f"{path}: resuming would change what the run trains toward "
+                              f"({_changes(ckpt['config'], self.cfg, targets)}); resume with the values of that run "
+                              f"(its config.yaml), or use another --exp")
         if changed:
-            logger.warning("resuming with changed config keys %s: the run will differ from an uninterrupted one",
-                           sorted(changed))
+            logger.warning("resuming with changed config (%s): the run will differ from an uninterrupted one",
+                           _changes(ckpt["config"], self.cfg, changed))
         self.task.load_state_dict(ckpt["task"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -361,11 +382,28 @@ class Trainer:
         return True
 
 
-def _diff(old: Any, new: Any) -> str:
+def _changes(old: Dict[str, Any], new: Dict[str, Any], keys: List[str]) -> str:
+    """``key: old -> new`` for each key (values shortened)."""
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return ", ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> str:
+    """The differing entries of two descriptions as ``key: old -> new`` (nested dicts as ``a.b``)."""
     if not isinstance(old, dict) or not isinstance(new, dict):
-        return "no description"
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return "differs in " + ", ".join(keys)
+        return "no description" if not prefix else _changes({prefix: old}, {prefix: new}, [prefix])
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
+            parts.append(_diff(old[key], new[key], name + "."))
+        else:
+            parts.append(_changes({name: old.get(key)}, {name: new.get(key)}, [name]))
+    return ", ".join(parts)
 
 
 def _format(values: Dict[str, float]) -> str:

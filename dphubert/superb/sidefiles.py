@@ -153,7 +153,7 @@ def iemocap_meta(root: Path, out: Path) -> str:
     stamp = str(root.resolve())
     if not _done(out, stamp):
         line_re = re.compile(r"^\[\S+ - \S+\]\t(\S+)\t(\S+)\t")
-        sessions = {}
+        sessions, missing = {}, 0
         for n in range(1, 6):
             items = []
             for evaluation in sorted((root / f"Session{n}" / "dialog" / "EmoEvaluation").glob("*.txt")):
@@ -163,13 +163,19 @@ def iemocap_meta(root: Path, out: Path) -> str:
                         continue
                     utt, label = match.group(1), IEMOCAP_MERGE.get(match.group(2), match.group(2))
                     if label in IEMOCAP_LABELS:
-                        dialog = utt.rsplit("_", 1)[0]
-                        items.append({"path": f"Session{n}/sentences/wav/{dialog}/{utt}.wav", "label": label,
-                                      "speaker": utt[:5]})
+                        path = f"Session{n}/sentences/wav/{utt.rsplit('_', 1)[0]}/{utt}.wav"
+                        if not (root / path).is_file():  # as s3prl's IEMOCAP_preprocess.py: labels without audio
+                            missing += 1
+                            continue
+                        # speaker = session + gender of the speaker ("Ses02F"), s3prl's convention
+                        items.append({"path": path, "label": label, "speaker": utt.split("_", 1)[0]})
             if not items:
                 raise SuperbError(f"ER: no labelled utterance in {root}/Session{n}/dialog/EmoEvaluation; "
                                   f"is IEMOCAP the IEMOCAP_full_release folder?")
             sessions[n] = items
+        if missing:
+            print(f"ER: {missing} labelled IEMOCAP utterances have no wav file under {root}; left out",
+                  file=sys.stderr)
         for k in range(1, 6):
             fold = out / f"Session{k}"
             fold.mkdir(exist_ok=True)
