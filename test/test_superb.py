@@ -140,7 +140,7 @@ def test_superb_stage_writes_results_for_two_models(ks_setup, tmp_path):
     assert data["models"]["teacher"]["params"] > data["models"]["dphubert"]["params"] > 0
     assert data["models"]["teacher"]["macs"] > data["models"]["dphubert"]["macs"] > data["models"]["fbank"]["macs"]
     assert data["models"]["fbank"]["params"] == 0
-    assert "-u fbank -d speech_commands" in (out / "fbank" / "ks" / "train.log").read_text()
+    assert "-u fbank_cached -d speech_commands" in (out / "fbank" / "ks" / "train.log").read_text()
     values = {}
     for name in ("fbank", "teacher", "dphubert"):
         pair = out / name / "ks"
@@ -337,6 +337,25 @@ def test_feature_cache_gives_the_expert_states(ks_setup):
             assert torch.allclose(second[layer][i, :n], expected[layer][i, :n], atol=1e-4)
             assert torch.all(second[layer][i, n:] == 0)
         assert torch.allclose(first[layer][0, :lengths[0]], expected[layer][0, :lengths[0]], atol=1e-4)
+
+
+def test_cached_fbank_is_s3prls_fbank():
+    """The FBANK row's memoised upstream gives s3prl's own fbank features (80 log-mel + deltas, CMVN), exactly."""
+    from dphubert.superb import feature_cache, running
+
+    running.setup()
+    import s3prl.hub
+
+    plain = getattr(s3prl.hub, "fbank")().eval()
+    cached = getattr(s3prl.hub, feature_cache.FBANK_UPSTREAM_NAME)(ckpt=None, model_config=None).eval()
+    wavs = [0.1 * torch.randn(16000), 0.1 * torch.randn(9000)]
+    with torch.no_grad():
+        expected = plain(wavs)["hidden_states"]
+        cached(wavs[:1])
+        again = cached(wavs)["hidden_states"]
+    assert (cached.cache.hits, cached.cache.misses) == (1, 2)
+    assert len(again) == len(expected) == 1 and again[0].shape == expected[0].shape == (2, 98, 240)
+    assert torch.equal(again[0], expected[0])
 
 
 def test_libriphone_dataset_feeds_s3prl_ctc_loader(tmp_path):

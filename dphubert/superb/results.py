@@ -80,7 +80,7 @@ def markdown(data: dict) -> str:
         "# SUPERB results",
         "",
         f"Mode: **{settings['mode']}**. " + (
-            "Quick settings (configs/quick.yaml: 150-1000 downstream steps, small batches, capped splits): a "
+            "Quick settings (configs/quick.yaml: 150-1500 downstream steps, small batches, capped splits): a "
             "smoke test of the pipeline whose numbers are NOT comparable with SUPERB or the paper. Use --full for "
             "SUPERB's step counts." if settings["mode"] == "quick" else
             "SUPERB's downstream settings (shipped configs)."),

@@ -156,7 +156,11 @@ def run_pair(model: ModelInfo, task: Task, variables: Mapping[str, object], expd
         set_dotted(config, "downstream_expert.datarc.test_fold", f"fold{fold}")
     config_path = write_config(config, expdir / "superb_config.yaml")
     common = ["--seed", str(options.seed)]
-    upstream = ["-u", model.upstream] if model.upstream else ["-u", options.upstream, "-k", model.path]
+    cached = options.upstream == feature_cache.UPSTREAM_NAME
+    if model.upstream == FBANK:
+        upstream = ["-u", feature_cache.FBANK_UPSTREAM_NAME if cached else FBANK]
+    else:
+        upstream = ["-u", options.upstream, "-k", model.path]
     start = time.time()
     cache_before = feature_cache.current()
     hits_before, misses_before = (cache_before.hits, cache_before.misses) if cache_before else (0, 0)
@@ -176,7 +180,7 @@ def run_pair(model: ModelInfo, task: Task, variables: Mapping[str, object], expd
     values.update(test_interval(task, expdir, values))
     values["seconds"] = round(time.time() - start, 1)
     cache = feature_cache.current()
-    if not model.upstream and options.upstream == feature_cache.UPSTREAM_NAME and cache is not None:
+    if cached and cache is not None:
         if cache is not cache_before:
             hits_before = misses_before = 0  # the cache was made for this model during this pair
         values["feature_cache_hits"] = cache.hits - hits_before

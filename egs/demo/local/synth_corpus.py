@@ -203,7 +203,7 @@ def remove_previous_outputs(out_audio, out_data):
 def summarize(speakers, utts, elapsed):
     seconds = defaultdict(float)
     for u in utts:
-        seconds[(u.partition, u.kind)] += u.num_samples / audio.TARGET_RATE
+        seconds[("sid test" if u.sid_only else u.partition, u.kind)] += u.num_samples / audio.TARGET_RATE
     lines = [f"{len(speakers)} speakers, {len(utts)} utterances, "
              f"{sum(seconds.values()) / 60:.1f} min of audio in {elapsed:.1f} s"]
     for partition in ("train", "dev", "test"):
@@ -211,6 +211,8 @@ def summarize(speakers, utts, elapsed):
         parts = ", ".join(f"{kind} {seconds[(partition, kind)] / 60:.1f}"
                           for kind in ("keyword", "silence", "command", "sentence"))
         lines.append(f"  {partition}: {n_spk} speakers; minutes: {parts}")
+    if any(u.sid_only for u in utts):
+        lines.append(f"  SID-only test commands (--extra-test sid=...): {seconds[('sid test', 'command')] / 60:.1f} min")
     test = [u for u in utts if u.partition == "test" and not u.sid_only]
     lines.append(f"  test sets: KS {sum(u.kind in ('keyword', 'silence') for u in test)} clips, IC "
                  f"{sum(u.kind == 'command' for u in test)} commands, SID {sum(u.sid_split == 'test' for u in utts)} "
