@@ -14,8 +14,10 @@ import math
 import sys
 from pathlib import Path
 
-from dphubert.distill import load_config
-from dphubert.models import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not the venv's install
+
+from dphubert.distill import load_config  # noqa: E402
+from dphubert.models import load_model  # noqa: E402
 
 
 def target_sparsity(exp: Path):

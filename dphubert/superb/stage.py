@@ -6,7 +6,8 @@ Layout under ``out``::
     <model>/<task>/                 s3prl's experiment dir: superb_config.yaml, train.log, evaluate.log,
                                     checkpoints, result.json and the .done marker of a finished pair
     <model>/er/fold<k>/             ER: one experiment per test fold (the task's value is their mean)
-    fbank/<task>/                   the FBANK baseline: s3prl's own ``fbank`` upstream, same path and settings
+    fbank/<task>/                   the FBANK baseline: s3prl's own ``fbank`` upstream (memoised in quick mode:
+                                    ``fbank_cached``), same path and settings
     results.json  RESULTS.md  results.png
 
 A pair with a ``.done`` marker is not rerun (``force=True`` reruns everything); a pair without one, or whose
