@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "egs" / "demo" / "local"
 SYNTH = LOCAL / "synth_corpus.py"
 DATA_SH = LOCAL / "data.sh"
-TINY = ["--minutes", "3", "--num-speakers", "20", "--seed", "7", "--nj", "2"]
+EXTRA = "ks=7,ic=5,sid=24,pr=4"  # extra test utterances (the demo asks for ks=1000,... : narrow intervals)
+TINY = ["--minutes", "3", "--num-speakers", "20", "--seed", "7", "--nj", "2", "--extra-test", EXTRA]
 SPLITS = ("train", "dev", "test")
 
 
@@ -39,7 +40,7 @@ def corpus(tmp_path_factory):
     audio, data = root / "downloads", root / "data"
     proc = subprocess.run(
         ["bash", str(DATA_SH), "--minutes", "3", "--num-speakers", "20", "--seed", "7", "--nj", "2",
-         "--out-audio", str(audio), "--out-data", str(data)],
+         "--extra-test", EXTRA, "--out-audio", str(audio), "--out-data", str(data)],
         capture_output=True, text=True, timeout=60, env=_venv_env(), cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     paths = yaml.safe_load((audio / "s3prl_paths.yaml").read_text())
@@ -111,6 +112,36 @@ def test_speakers_splits_and_kinds(corpus):
     assert 2.5 < total_minutes < 8
 
 
+def test_extra_test_utterances_land_in_the_test_sets_only(corpus):
+    """--extra-test: KS/IC/PR test sets of the test speakers grow; SID extras only in VoxCeleb1's test split."""
+    sys.path.insert(0, str(LOCAL))
+    from demo_grammar import load_grammar
+    from demo_plan import plan_corpus
+
+    grammar = load_grammar(LOCAL / "grammar.yaml")
+    _, plain = plan_corpus(grammar, 20, 3, 7)
+    _, grown = plan_corpus(grammar, 20, 3, 7, {"ks": 7, "ic": 5, "sid": 24, "pr": 4})
+    assert [(u.utt_id, u.text, u.sid_split) for u in grown[:len(plain)]] == \
+        [(u.utt_id, u.text, u.sid_split) for u in plain]  # the rest of the plan is unchanged
+    extras = grown[len(plain):]
+    assert len(extras) == 7 + 5 + 24 + 4
+    assert all(u.partition == "test" for u in extras if not u.sid_only)
+    sid_extras = [u for u in extras if u.sid_only]
+    assert len(sid_extras) == 24 and {u.sid_split for u in sid_extras} == {"test"}
+    assert len({u.speaker.name for u in sid_extras}) == 20  # every speaker, round robin
+
+    audio, data, _ = corpus
+    plain_test = sum(u.partition == "test" for u in plain)
+    assert len(read_table(data / "test" / "wav.scp")) == plain_test + 7 + 5 + 4
+    sid_test = [line for line in (audio / "VoxCeleb1" / "iden_split.txt").read_text().splitlines()
+                if line.startswith("3 ")]
+    assert len(sid_test) == sum(u.sid_split == "test" for u in plain) + 24
+    fsc_test = list(csv.reader(open(audio / "fluent_speech_commands_dataset" / "data" / "test_data.csv")))[1:]
+    assert len(fsc_test) == sum(u.kind == "command" and u.partition == "test" for u in plain) + 5
+    train_commands = [u for u in read_table(data / "train" / "utt2category").values() if u == "command"]
+    assert len(train_commands) == sum(u.kind == "command" and u.partition == "train" for u in plain)
+
+
 def _outside_peak_share(x):
     """Share of the power outside the strongest spectral line (about 0 for a pure tone)."""
     power = np.abs(np.fft.rfft(x)) ** 2
@@ -180,7 +211,7 @@ def test_rerun_is_skipped_and_other_settings_need_force(corpus):
     same = subprocess.run(common + TINY, capture_output=True, text=True, timeout=60)
     assert same.returncode == 0 and "already holds" in same.stdout
     assert os.stat(wav).st_mtime_ns == mtime
-    other = subprocess.run(common + ["--minutes", "3", "--num-speakers", "20", "--seed", "8"],
+    other = subprocess.run(common + ["--minutes", "3", "--num-speakers", "20", "--seed", "8", "--extra-test", EXTRA],
                            capture_output=True, text=True, timeout=60)
     assert other.returncode == 1
     assert other.stderr.strip().count("\n") == 0 and "--force" in other.stderr and "seed" in other.stderr

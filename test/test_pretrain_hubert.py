@@ -2,10 +2,8 @@
 
 import io
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,9 @@ import yaml
 from scipy.signal import resample_poly
 
 from dphubert.bin import pretrain_hubert
+from dphubert.distill.config import load_config
 from dphubert.models import load_model
+from dphubert.pretrain import FRAME_SAMPLES, MaskedPredictionTask, kmeans, mfcc_features, model_config, span_mask
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["turn on the lights in the kitchen", "what time is it in tokyo", "set an alarm for seven thirty",
@@ -26,8 +26,8 @@ TEXTS = ["turn on the lights in the kitchen", "what time is it in tokyo", "set a
 VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb+m3", "en-029"]
 TINY = ["--num-layers", "2", "--embed-dim", "32", "--num-heads", "2", "--ffn-dim", "64", "--cnn-channels", "32",
         "--pos-conv-kernel", "16", "--pos-conv-groups", "4", "--num-clusters", "20", "--max-steps", "30",
-        "--warmup-steps", "5", "--lr", "2e-3", "--dropout", "0.0", "--max-batch-seconds", "8", "--num-workers", "0",
-        "--log-every", "10", "--save-every", "10", "--seed", "3", "--num-threads", "1"]
+        "--warmup-steps", "5", "--lr", "2e-3", "--dropout", "0.0", "--batch-seconds", "8", "--num-workers", "0",
+        "--log-interval", "10", "--save-interval", "10", "--seed", "3", "--unmasked-weight", "0.5"]
 
 
 def espeak_16k(text: str, voice: str) -> np.ndarray:
@@ -53,25 +53,28 @@ def data_dir(tmp_path_factory) -> Path:
     return data
 
 
-def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dphubert.bin.pretrain_hubert", *args], cwd=REPO,
-                          capture_output=True, text=True, **kwargs)
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
 
-def logged_losses(log: str):
-    return [float(line.split("loss ")[1].split(",")[0]) for line in log.splitlines() if ": loss " in line]
+def logged(log: str, key: str):
+    return [float(line.split(f" {key}=")[1].split()[0]) for line in log.splitlines() if f" {key}=" in line
+            and "valid" not in line]
 
 
 def test_tiny_run_learns_loads_and_resumes_exactly(data_dir, tmp_path):
+    """The shared trainer runs pretraining: logs, TensorBoard, plot, model file; a crash + --resume is exact."""
     # 1. an uninterrupted run
     full = tmp_path / "full" / "teacher.pt"
-    done = run_cli("--data", str(data_dir), "--out", str(full), *TINY)
+    done = run_cli("--data", str(data_dir), "--out", str(full), "--valid", str(data_dir), *TINY)
     assert done.returncode == 0, done.stderr[-2000:]
-    log = (full.parent / "pretrain.log").read_text()
-    losses = logged_losses(log)
+    log = (full.parent / "train.log").read_text()
+    losses = logged(log, "loss")
     assert len(losses) == 3  # steps 10, 20, 30
     assert losses[-1] < losses[0] - 0.05, log  # it learns (from random logits towards the targets)
-    assert "masked accuracy" in log and "chance" in log
+    assert len(logged(log, "masked_accuracy")) == 3 and "chance accuracy" in log and "step 30 valid:" in log
+    assert (full.parent / "training.png").stat().st_size > 1000 and list((full.parent / "tensorboard").iterdir())
     teacher = load_model(full)
     cfg = teacher.config
     assert (cfg["encoder_num_layers"], cfg["encoder_embed_dim"], cfg["extractor_conv_layer_config"][0]) == (2, 32,
@@ -79,51 +82,67 @@ def test_tiny_run_learns_loads_and_resumes_exactly(data_dir, tmp_path):
     assert not teacher.gates()
     saved = torch.load(full, weights_only=True)
     assert "mask_emb" not in str(list(saved["state_dict"])) and saved["pretrain"]["steps"] == 30
+    assert 0 < saved["pretrain"]["masked_accuracy"] < 1 and saved["pretrain"]["unmasked_weight"] == 0.5
     states, _ = teacher.extract_features(torch.randn(1, 16000))
     assert len(states) == 3 and states[-1].shape == (1, 49, 32)
 
-    # 2. the same run killed after its first checkpoint, then resumed
+    # 2. the same run dying right after step 15 (the trainer's test hook; last checkpoint: step 10), resumed
     part = tmp_path / "part" / "teacher.pt"
-    checkpoint = part.parent / pretrain_hubert.CHECKPOINT_NAME
-    process = subprocess.Popen([sys.executable, "-m", "dphubert.bin.pretrain_hubert", "--data", str(data_dir),
-                                "--out", str(part), *TINY], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    killed_at = torch.load(checkpoint, weights_only=True)["step"]
-    assert 10 <= killed_at < 30 and not part.exists()
+    killed = run_cli("--data", str(data_dir), "--out", str(part), "--valid", str(data_dir), *TINY,
+                     env={"DPHUBERT_CRASH_AFTER_STEP": "15"})
+    assert killed.returncode == 75 and not part.exists()
+    assert [p.name for p in (part.parent / "checkpoints").iterdir()] == ["ckpt_step00000010.pt"]
 
     again = run_cli("--data", str(data_dir), "--out", str(part), *TINY)
     assert again.returncode == 1 and "pass --resume" in again.stderr
     changed = run_cli("--data", str(data_dir), "--out", str(part), *TINY, "--resume", "--embed-dim", "64")
-    assert changed.returncode == 1 and "--embed-dim 32 -> 64" in changed.stderr
-    resumed = run_cli("--data", str(data_dir), "--out", str(part), *TINY, "--resume")
+    assert changed.returncode == 1 and "differs in student_config" in changed.stderr.strip().splitlines()[-1]
+    resumed = run_cli("--data", str(data_dir), "--out", str(part), "--valid", str(data_dir), *TINY, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    part_log = (part.parent / "pretrain.log").read_text()
-    assert f"resumed from step {killed_at}" in part_log
-    assert "reusing the k-means labels" in part_log
-    assert logged_losses(part_log)[-1] == pytest.approx(losses[-1], abs=1e-4)
+    part_log = (part.parent / "train.log").read_text()
+    assert "(step 10)" in part_log and "reusing the k-means labels" in part_log
+    assert logged(part_log, "loss")[-1] == losses[-1]
     reference, continued = load_model(full).state_dict(), load_model(part).state_dict()
     for key, value in reference.items():
-        torch.testing.assert_close(continued[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        assert torch.equal(continued[key], value), key  # bit for bit on CPU
 
 
 def test_config_file_sets_defaults_and_flags_win(tmp_path):
     config = tmp_path / "pretrain.yaml"
     config.write_text(yaml.safe_dump({"num_layers": 3, "embed_dim": 64, "mask_prob": 0.8}))
-    args = pretrain_hubert.parse_args(["--data", "d", "--out", "o.pt", "--config", str(config), "--embed-dim", "48"])
-    assert (args.num_layers, args.embed_dim, args.mask_prob) == (3, 48, 0.8)
-    cfg = pretrain_hubert.model_config(args)
-    assert cfg["encoder_num_layers"] == 3 and cfg["encoder_embed_dim"] == 48
-    assert np.prod([stride for _, _, stride in cfg["extractor_conv_layer_config"]]) == pretrain_hubert.FRAME_SAMPLES
+    args = pretrain_hubert.get_parser().parse_args(["--data", "d", "--out", "o.pt", "--config", str(config),
+                                                    "--embed-dim", "48"])
+    from dphubert.distill.config import overrides_from_args
+
+    cfg = load_config("pretrain_hubert", args.config, overrides_from_args(args, "pretrain_hubert"))
+    assert (cfg["num_layers"], cfg["embed_dim"], cfg["mask_prob"]) == (3, 48, 0.8)
+    model = model_config(cfg)
+    assert model["encoder_num_layers"] == 3 and model["encoder_embed_dim"] == 48
+    assert np.prod([stride for _, _, stride in model["extractor_conv_layer_config"]]) == FRAME_SAMPLES
+    for demo in ("pretrain_hubert.yaml", "smoke/pretrain_hubert.yaml"):  # the demo's configs load
+        assert load_config("pretrain_hubert", REPO / "egs" / "demo" / "conf" / demo)["num_layers"] == 4
+
+
+def test_unmasked_weight_adds_the_unmasked_frames_loss():
+    cfg = load_config("pretrain_hubert", overrides={"num_layers": "1", "embed_dim": "32", "num_heads": "2",
+                                                    "ffn_dim": "32", "cnn_channels": "16", "pos_conv_kernel": "8",
+                                                    "pos_conv_groups": "4", "num_clusters": "5"})
+    waveforms = torch.randn(2, 16000)
+    targets = torch.randint(0, 5, (2, 49))
+    outs = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        task = MaskedPredictionTask(dict(cfg, unmasked_weight=weight), {})
+        torch.manual_seed(1)
+        outs[weight] = task(waveforms, targets, 0)
+    assert torch.allclose(outs[0.0]["loss"], outs[0.0]["masked_loss"])
+    assert torch.allclose(outs[1.0]["loss"], outs[1.0]["masked_loss"] + outs[1.0]["unmasked_loss"])
+    assert torch.allclose(outs[0.0]["masked_loss"], outs[1.0]["masked_loss"])  # same seeds, same mask
 
 
 def test_span_mask_covers_about_mask_prob():
     torch.manual_seed(0)
-    mask = pretrain_hubert.span_mask(8, 500, 0.65, 10)
+    mask = span_mask(8, 500, 0.65, 10)
     fraction = mask.float().mean().item()
     assert 0.35 < fraction < 0.65  # overlapping spans cover less than mask_prob, as in HuBERT
     for row in mask.tolist():  # every masked run is made of whole 10-frame spans
@@ -136,7 +155,7 @@ def test_labels_align_with_model_frames(data_dir):
 
     dd = load_data_dir(data_dir)
     wav = read_audio(dd, dd.utt_ids[0])
-    feats = pretrain_hubert.mfcc_features(wav)
+    feats = mfcc_features(wav)
     assert feats.shape[1] == 39
     model_frames = (len(wav) - 400) // 320 + 1
     assert feats.shape[0] == model_frames  # MFCC frame 2j and CNN frame j cover the same 400 samples
@@ -146,7 +165,7 @@ def test_kmeans_finds_separated_clusters():
     generator = torch.Generator().manual_seed(0)
     centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     points = torch.cat([c + 0.1 * torch.randn(200, 2, generator=generator) for c in centers])
-    found = pretrain_hubert.kmeans(points, 3, 10, torch.Generator().manual_seed(1))
+    found = kmeans(points, 3, 10, torch.Generator().manual_seed(1))
     distances = torch.cdist(centers, found).min(1).values
     assert float(distances.max()) < 0.1
 
@@ -157,11 +176,11 @@ def test_bad_input_gives_one_line(case, tmp_path, capsys):
     expected = "data dir not found"
     if case == "bad_option":
         argv += ["--mask-prob", "1.5"]
-        expected = "--mask-prob must be in (0, 1)"
+        expected = "key 'mask_prob' must be in (0, 1), got 1.5"
     elif case == "unknown_config_key":
         (tmp_path / "c.yaml").write_text("num_layer: 3\n")
         argv += ["--config", str(tmp_path / "c.yaml")]
-        expected = "unknown option(s) ['num_layer']"
+        expected = "unknown key 'num_layer' for pretrain_hubert"
     elif case == "wrong_rate":
         data = tmp_path / "data8k"
         data.mkdir()
@@ -171,4 +190,4 @@ def test_bad_input_gives_one_line(case, tmp_path, capsys):
         expected = "is 8000 Hz, expected 16000 Hz"
     assert pretrain_hubert.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and expected in err[-1], err
+    assert err[-1].startswith("python -m dphubert.bin.pretrain_hubert: error: ") and expected in err[-1], err

@@ -124,6 +124,9 @@ def test_run_downstream_train_then_evaluate_from_any_cwd(ks_setup, tmp_path):
 
 
 def test_superb_stage_writes_results_for_two_models(ks_setup, tmp_path):
+    """Two models and the FBANK row (s3prl's fbank upstream), each value with n_test and its 95% interval."""
+    from dphubert.superb import intervals
+
     out = tmp_path / "superb"
     student = tmp_path / "b.pt"
     shutil.copy(ks_setup / "b.pt", student)
@@ -133,49 +136,59 @@ def test_superb_stage_writes_results_for_two_models(ks_setup, tmp_path):
     first = _run(args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
-    assert data["settings"]["mode"] == "quick" and list(data["models"]) == ["teacher", "dphubert"]
+    assert data["settings"]["mode"] == "quick" and list(data["models"]) == ["fbank", "teacher", "dphubert"]
     assert data["models"]["teacher"]["params"] > data["models"]["dphubert"]["params"] > 0
-    assert data["models"]["teacher"]["macs"] > data["models"]["dphubert"]["macs"] > 0
+    assert data["models"]["teacher"]["macs"] > data["models"]["dphubert"]["macs"] > data["models"]["fbank"]["macs"]
+    assert data["models"]["fbank"]["params"] == 0
+    assert "-u fbank_cached -d speech_commands" in (out / "fbank" / "ks" / "train.log").read_text()
     values = {}
-    for name in ("teacher", "dphubert"):
+    for name in ("fbank", "teacher", "dphubert"):
         pair = out / name / "ks"
         assert (pair / ".done").exists() and (pair / "dev-best.ckpt").exists()
         values[name] = json.loads((pair / "result.json").read_text())["Acc"]
-        assert data["results"][name]["ks"]["Acc"] == pytest.approx(values[name])
-        # the value is s3prl's own: the accuracy of its test predictions
+        result = data["results"][name]["ks"]
+        assert result["Acc"] == pytest.approx(values[name])
+        # the value is s3prl's own: the accuracy of its test predictions; the interval is Wilson's on them
         predicted = (pair / "test_predict.txt").read_text().split()[1::2]
         truth = (pair / "test_truth.txt").read_text().split()[1::2]
-        assert values[name] == pytest.approx(100.0 * np.mean([p == t for p, t in zip(predicted, truth)]))
+        right = sum(p == t for p, t in zip(predicted, truth))
+        assert values[name] == pytest.approx(100.0 * right / len(truth))
+        assert result["n_test"] == len(truth) == 7
+        assert result["ci95"] == pytest.approx([100 * x for x in intervals.wilson(right, 7)])
     table = (out / "RESULTS.md").read_text()
-    assert "| model | params (M) | GMACs (10 s) | KS Acc% ↑ |" in table
+    assert "| model | params (M) | GMACs (10 s) | KS Acc% ↑ (n=7) |" in table
     best = max(values.values())
     for name, value in values.items():
         cell = f"**{value:.2f}**" if value == best else f"{value:.2f}"
-        assert f"| {name} |" in table and f"| {cell} |" in table
-    assert "dphubert vs teacher:" in table and "quick" in table
+        half = intervals.half_width(value, data["results"][name]["ks"]["ci95"])
+        assert f"| {name} |" in table and f"| {cell} +- {half:.1f} |" in table
+    assert "dphubert vs teacher:" in table and "quick" in table and "teacher's margin over FBANK" in table
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = _run(args, cwd=tmp_path)  # finished pairs are skipped
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("skipped") == 2 and "training" not in again.stdout
+    assert again.stdout.count("skipped") == 3 and "training" not in again.stdout
 
-    torch.manual_seed(5)  # a retrained student (new weights, same path): its pair runs again, the teacher's not
+    torch.manual_seed(5)  # a retrained student (new weights, same path): its pair runs again, the others not
     save_model(Wav2Vec2Model(tiny_config("hubert", encoder_num_layers=2)).eval(), student)
-    retrained = _run(args, cwd=tmp_path)
+    retrained = _run([*args, "--no-fbank"], cwd=tmp_path)
     assert retrained.returncode == 0, retrained.stderr[-3000:]
     assert "teacher x KS: done before" in retrained.stdout and "dphubert x KS: done before" not in retrained.stdout
-    assert f"{student} changed since it ran" in retrained.stdout
+    assert f"{student} changed since it ran" in retrained.stdout and "fbank" not in retrained.stdout
+    assert list(json.loads((out / "results.json").read_text())["models"]) == ["teacher", "dphubert"]
     values["dphubert"] = json.loads((out / "dphubert" / "ks" / "result.json").read_text())["Acc"]
+    del values["fbank"]
 
     # --jobs 2: both pairs again, at once in two worker processes; s3prl's seeding makes them repeat the values
-    parallel = _run([*args, "--force", "--jobs", "2"], cwd=tmp_path)
+    parallel = _run([*args, "--no-fbank", "--force", "--jobs", "2"], cwd=tmp_path)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert "2 model x task runs in 2 parallel jobs" in parallel.stdout and "skipped" not in parallel.stdout
     data = json.loads((out / "results.json").read_text())
     assert {name: data["results"][name]["ks"]["Acc"] for name in values} == pytest.approx(values)
 
 
-@pytest.mark.parametrize("case", ["unknown task", "no corpus", "missing dir", "not a model", "gated", "bad models"])
+@pytest.mark.parametrize("case", ["unknown task", "no corpus", "missing dir", "not a model", "gated", "bad models",
+                                  "fbank name"])
 def test_bad_input_gives_one_line(case, ks_setup, tmp_path, capsys):
     from dphubert.bin import superb_stage
 
@@ -189,7 +202,8 @@ def test_bad_input_gives_one_line(case, ks_setup, tmp_path, capsys):
                 "missing dir": "KS: SPEECH_COMMANDS=/nonexistent/sc does not exist; fix SPEECH_COMMANDS in db.sh",
                 "not a model": "not a dphubert/DPHuBERT model file",
                 "gated": "still has pruning gates; prune it first",
-                "bad models": "bad --models entry"}[case]
+                "bad models": "bad --models entry",
+                "fbank name": "--models names 'fbank', the name of the FBANK baseline row"}[case]
     if case == "unknown task":
         tasks = ["ks xx"]
     elif case == "no corpus":
@@ -204,6 +218,8 @@ def test_bad_input_gives_one_line(case, ks_setup, tmp_path, capsys):
         models = [f"a={tmp_path / 'gated.pt'}"]
     elif case == "bad models":
         models = [model]
+    elif case == "fbank name":
+        models = [f"fbank={model}"]
     code = superb_stage.main(["--tasks", *tasks, "--models", *models, "--out", str(tmp_path / "o"), "--db", str(db)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and expected in err[0], err
@@ -321,6 +337,25 @@ def test_feature_cache_gives_the_expert_states(ks_setup):
             assert torch.allclose(second[layer][i, :n], expected[layer][i, :n], atol=1e-4)
             assert torch.all(second[layer][i, n:] == 0)
         assert torch.allclose(first[layer][0, :lengths[0]], expected[layer][0, :lengths[0]], atol=1e-4)
+
+
+def test_cached_fbank_is_s3prls_fbank():
+    """The FBANK row's memoised upstream gives s3prl's own fbank features (80 log-mel + deltas, CMVN), exactly."""
+    from dphubert.superb import feature_cache, running
+
+    running.setup()
+    import s3prl.hub
+
+    plain = getattr(s3prl.hub, "fbank")().eval()
+    cached = getattr(s3prl.hub, feature_cache.FBANK_UPSTREAM_NAME)(ckpt=None, model_config=None).eval()
+    wavs = [0.1 * torch.randn(16000), 0.1 * torch.randn(9000)]
+    with torch.no_grad():
+        expected = plain(wavs)["hidden_states"]
+        cached(wavs[:1])
+        again = cached(wavs)["hidden_states"]
+    assert (cached.cache.hits, cached.cache.misses) == (1, 2)
+    assert len(again) == len(expected) == 1 and again[0].shape == expected[0].shape == (2, 98, 240)
+    assert torch.equal(again[0], expected[0])
 
 
 def test_libriphone_dataset_feeds_s3prl_ctc_loader(tmp_path):

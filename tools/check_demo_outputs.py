@@ -3,7 +3,9 @@
     python tools/check_demo_outputs.py egs/demo [--tag demo_sp0.75] [--teacher-tag teacher]
 
 Checks the files each stage must leave, that the models load, that the compressed model is smaller than the
-teacher, and that stage 5 produced a result for every model; prints a short summary. Exits 1 on a problem.
+teacher, and that stage 5 produced a result for every model (FBANK included); prints a short summary, with
+whether the teacher beats FBANK beyond the 95% intervals on each task (a note, not a failure: a tie is a
+finding of the run). Exits 1 on a problem.
 """
 
 import argparse
@@ -12,14 +14,29 @@ import math
 import sys
 from pathlib import Path
 
-from dphubert.distill import load_config
-from dphubert.models import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not the venv's install
+
+from dphubert.distill import load_config  # noqa: E402
+from dphubert.models import load_model  # noqa: E402
 
 
 def target_sparsity(exp: Path):
     """Step 1's target_sparsity from exp/<tag>/config.yaml (what distill_prune ran with), or None."""
     config = exp / "config.yaml"
     return float(load_config("distill_prune", config)["target_sparsity"]) if config.is_file() else None
+
+
+def teacher_vs_fbank(results: dict) -> str:
+    """One line: per task, whether the teacher beats FBANK beyond the 95% intervals (see RESULTS.md)."""
+    from dphubert.superb.results import compare
+    from dphubert.superb.tasks import TASKS
+
+    verdicts = []
+    for name in results.get("tasks", {}):
+        outcome = compare(results["results"], "teacher", "fbank", TASKS[name])
+        if outcome is not None:
+            verdicts.append(f"{TASKS[name].title} {'beyond the intervals' if outcome == 'better' else outcome}")
+    return "teacher vs FBANK: " + ("; ".join(verdicts) if verdicts else "no results")
 
 
 def main(argv=None) -> int:
@@ -47,10 +64,10 @@ def main(argv=None) -> int:
     if not student.num_params() < teacher.num_params():
         problems.append(f"the student ({student.num_params():,}) is not smaller than the teacher")
     results = json.loads((exp / "superb" / "results.json").read_text())
-    text = json.dumps(results)
-    for name in ("teacher", "dphubert"):
-        if name not in text:
+    for name in ("teacher", "dphubert", "fbank"):
+        if name not in results.get("results", {}):
             problems.append(f"results.json has no entry for {name}")
+    print(teacher_vs_fbank(results))
     sparsity = 1 - student.num_params() / teacher.num_params()
     if not (0 < sparsity < 1) or not math.isfinite(sparsity):
         problems.append(f"implausible sparsity {sparsity}")

@@ -8,8 +8,12 @@ Usage:
 
 For every model x task: s3prl's run_downstream -m train (frozen upstream, learned weighted sum of the hidden
 states, the task's head), then -m evaluate on the test split with the best-on-dev checkpoint (ASV: the last),
-the metric parsed from s3prl's output. Writes OUT/RESULTS.md (a table like the paper's, best per column in
-bold), OUT/results.json and OUT/results.png; OUT/<model>/<task>/ holds each s3prl experiment and its logs.
+the metric parsed from s3prl's output. An FBANK row (s3prl's ``fbank`` upstream, same path and settings; off
+with --no-fbank) is the floor every model must clear. Each value has its test-set size and a 95% interval
+(Wilson for accuracies, a bootstrap over utterances for PER/WER, from s3prl's per-utterance test files).
+Writes OUT/RESULTS.md (a table like the paper's, best per column in bold, ``value +- half-width``; the summary
+names the differences beyond the intervals), OUT/results.json and OUT/results.png; OUT/<model>/<task>/ holds
+each s3prl experiment and its logs.
 Finished pairs (OUT/<model>/<task>/.done) are skipped on a rerun unless their model file changed since (a
 retrained model runs again); --force reruns them all. --jobs N runs N pairs at once in separate processes (a
 quick CPU run: --jobs <cores> --num-threads 1).
@@ -57,6 +61,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1,
                         help="model x task runs at once, each in its own process (on a CPU: about cores / "
                              "--num-threads)")
+    parser.add_argument("--fbank", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the FBANK baseline row: s3prl's own fbank upstream (80 log-mel + deltas, CMVN) "
+                             "through the same tasks and settings")
     parser.add_argument("--seed", type=int, default=1337, help="s3prl's --seed")
     parser.add_argument("--force", action="store_true", help="rerun finished model x task pairs")
     parser.add_argument("--verbose", action="store_true", help="also print s3prl's output (always in the logs)")
@@ -110,7 +117,7 @@ def main(argv=None) -> int:
         options = StageOptions(full=args.full, overrides=args.overrides, er_folds=parse_folds(args.er_folds, args.full),
                                force=args.force, seed=args.seed, quiet=not args.verbose,
                                cache_features=args.feature_cache, cache_mb=args.cache_mb,
-                               jobs=args.jobs, num_threads=args.num_threads)
+                               jobs=args.jobs, num_threads=args.num_threads, fbank=args.fbank)
         data = run_stage(models, tasks, args.out, paths, options, log=lambda m: print(m, flush=True))
     except SuperbError as e:
         print(f"superb_stage: error: {e}", file=sys.stderr)

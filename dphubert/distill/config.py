@@ -1,7 +1,8 @@
-"""Training configs of the three distillation methods: defaults, YAML loading, command-line overrides.
+"""Training configs of the methods the shared trainer runs: defaults, YAML loading, command-line overrides.
 
 A config is a flat dict. Every key has a default, a type and a help line (``OPTIONS``); each method
-(``distill_prune``, ``final_distill``, ``distilhubert``) uses a subset with its own defaults (``METHOD_DEFAULTS``).
+(``distill_prune``, ``final_distill``, ``distilhubert``, and ``pretrain_hubert``, the HuBERT pretraining of
+``dphubert.pretrain``) uses a subset with its own defaults (``METHOD_DEFAULTS``).
 Precedence: defaults < ``--config file.yaml`` < command-line overrides (``--max-steps 100``: every key is also a
 CLI option, its value parsed as YAML). Unknown keys and ill-typed values are errors naming the key and the file.
 
@@ -78,9 +79,26 @@ OPTIONS: Dict[str, Option] = {
     # DistilHuBERT baseline
     "pred_layers": Option("list|null", "teacher layers predicted by the heads; null: every third of the depth, "
                                        "e.g. [4, 8, 12]"),
-    "num_layers": Option("int|null", "student transformer layers; null: 2, or chosen to match target_params"),
+    "num_layers": Option("int|null", "transformer layers (distilhubert: of the student; null: 2, or chosen to match "
+                                     "target_params; pretrain_hubert: of the model)"),
     "ffn_width": Option("int|null", "student FFN width; null: the teacher's, or chosen to match target_params"),
     "target_params": Option("int|null", "size the student to this parameter count (heads excluded)"),
+    # HuBERT pretraining (pretrain_hubert): model sizes, k-means targets, masking
+    "embed_dim": Option("int", "transformer width"),
+    "num_heads": Option("int", "attention heads per layer"),
+    "ffn_dim": Option("int", "feed-forward width"),
+    "cnn_channels": Option("int", "channels of each of the 7 CNN layers"),
+    "pos_conv_kernel": Option("int", "kernel of the convolutional positional embedding"),
+    "pos_conv_groups": Option("int", "groups of the convolutional positional embedding"),
+    "dropout": Option("float", "encoder, attention and projection dropout (HuBERT: 0.1; 0 learns faster in short runs)"),
+    "feature_grad_mult": Option("float", "scale of the CNN's gradient (HuBERT: 0.1)"),
+    "num_clusters": Option("int", "k-means clusters of the MFCC targets"),
+    "kmeans_iters": Option("int", "Lloyd iterations of k-means"),
+    "kmeans_max_frames": Option("int", "frames k-means is fitted on (a seeded random sample)"),
+    "mask_prob": Option("float", "share of frames that start a masked span (spans may overlap, as in HuBERT)"),
+    "mask_span": Option("int", "frames per masked span"),
+    "unmasked_weight": Option("float", "weight of the cross-entropy on unmasked frames (HuBERT's pred_nomask_weight; "
+                                       "0: masked frames only)"),
     # bookkeeping
     "log_interval": Option("int", "steps between log lines / TensorBoard points"),
     "save_interval": Option("int", "steps between checkpoints"),
@@ -103,6 +121,14 @@ METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "final_distill": dict(_COMMON, max_steps=25000, lr=1e-4, warmup_steps=5000, layer0=None),
     "distilhubert": dict(_COMMON, max_steps=200000, lr=2e-4, warmup_steps=14000, cos_type="log_sig",
                          pred_layers=None, num_layers=None, ffn_width=None, target_params=None),
+    # A small HuBERT (4 x 256, 128-channel CNN, positional kernel 32: 3.6M params), one iteration on MFCC k-means.
+    "pretrain_hubert": dict(
+        seed=1, min_seconds=1.0, max_seconds=8.0, batch_seconds=8.0, num_buckets=10, num_workers=1,
+        max_steps=400, lr=5e-4, warmup_steps=40, weight_decay=0.01, grad_clip=10.0, accum_grad=1, amp="none",
+        num_layers=4, embed_dim=256, num_heads=4, ffn_dim=1024, cnn_channels=128, pos_conv_kernel=32,
+        pos_conv_groups=16, dropout=0.0, feature_grad_mult=0.1, num_clusters=50, kmeans_iters=30,
+        kmeans_max_frames=100_000, mask_prob=0.65, mask_span=10, unmasked_weight=0.0,
+        log_interval=25, save_interval=50, keep_checkpoints=2, valid_interval=100, valid_max_batches=4),
 }
 
 
@@ -180,6 +206,8 @@ def _check_ranges(cfg: Dict[str, Any], method: str, source: str) -> None:
     if cfg["batch_seconds"] < cfg["max_seconds"]:
         raise DistillConfigError(f"{source}: batch_seconds ({cfg['batch_seconds']}) must be >= max_seconds "
                                  f"({cfg['max_seconds']}) so that every utterance fits a batch")
+    if method == "pretrain_hubert":
+        _check_pretrain(cfg, source)
     if method == "distill_prune":
         bad = [u for u in cfg["prune_units"] if u not in PRUNE_UNITS]
         if bad or not cfg["prune_units"]:
@@ -191,6 +219,22 @@ def _check_ranges(cfg: Dict[str, Any], method: str, source: str) -> None:
             raise DistillConfigError(f"{source}: target_sparsity must be in [0, 1), got {cfg['target_sparsity']}")
         if cfg["sparsity_warmup_steps"] < 0:
             raise DistillConfigError(f"{source}: sparsity_warmup_steps must be >= 0")
+
+
+def _check_pretrain(cfg: Dict[str, Any], source: str) -> None:
+    for key in ("num_layers", "embed_dim", "num_heads", "ffn_dim", "cnn_channels", "pos_conv_kernel",
+                "pos_conv_groups", "kmeans_iters", "kmeans_max_frames", "mask_span"):
+        if cfg[key] is None or cfg[key] <= 0:
+            raise DistillConfigError(f"{source}: key '{key}' must be > 0, got {cfg[key]}")
+    if cfg["embed_dim"] % cfg["num_heads"] or cfg["embed_dim"] % cfg["pos_conv_groups"]:
+        raise DistillConfigError(f"{source}: embed_dim {cfg['embed_dim']} must be divisible by num_heads "
+                                 f"{cfg['num_heads']} and pos_conv_groups {cfg['pos_conv_groups']}")
+    if cfg["num_clusters"] < 2:
+        raise DistillConfigError(f"{source}: key 'num_clusters' must be at least 2, got {cfg['num_clusters']}")
+    if not 0.0 < cfg["mask_prob"] < 1.0:
+        raise DistillConfigError(f"{source}: key 'mask_prob' must be in (0, 1), got {cfg['mask_prob']}")
+    if cfg["unmasked_weight"] < 0 or cfg["dropout"] < 0 or cfg["feature_grad_mult"] < 0:
+        raise DistillConfigError(f"{source}: unmasked_weight, dropout and feature_grad_mult must be >= 0")
 
 
 def write_config(cfg: Dict[str, Any], path: str | Path, header: str = "") -> None:

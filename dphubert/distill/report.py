@@ -81,6 +81,9 @@ def plot_history(history: List[Dict[str, float]], path: Path) -> Optional[Path]:
     if "expected_sparsity" in history[0]:
         panels.append(("sparsity", ["expected_sparsity", "target_sparsity"]))
         panels.append(("parameters", ["expected_params"]))
+    if "masked_accuracy" in history[0]:  # HuBERT pretraining
+        panels = [("loss", ["loss", "masked_loss", "unmasked_loss"]),
+                  ("accuracy", ["masked_accuracy", "unmasked_accuracy"])]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True, squeeze=False)
     for ax, (title, keys) in zip(axes[:, 0], panels):
         for key in keys:

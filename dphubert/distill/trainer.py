@@ -1,4 +1,4 @@
-"""The training loop shared by distill_prune, final_distill and distilhubert.
+"""The training loop shared by distill_prune, final_distill, distilhubert and pretrain_hubert.
 
 Plain PyTorch: AdamW over the task's parameter groups, one warmup + linear-decay LambdaLR for all groups,
 gradient accumulation, clipping of the global norm, AMP on CUDA (fp16 with a GradScaler, or bf16), DDP under
@@ -233,7 +233,7 @@ class Trainer:
             with self._autocast():
                 targets = teacher(batch, waveforms, self.task.num_frames(waveforms.size(1)))
                 out = self.task(waveforms, targets, self.step)
-            for key in ("loss", "distill", "l1", "cos", "l2"):
+            for key in ("loss", "distill", "l1", "cos", "l2", "masked_accuracy", "unmasked_accuracy"):
                 if key in out:
                     sums[key] += float(out[key])
             count += 1

@@ -10,6 +10,9 @@ What stays the same: each waveform's valid frames are the ones the expert comput
 every item of a padded batch the states it has alone); frames past a shorter item's end, which s3prl's
 Featurizer may keep by rounding, are zeros instead of the model's output on padding. Augmented inputs
 (random crops, noise) simply miss the cache. Gradients (``-f``, a trainable upstream) bypass it.
+
+``fbank_cached`` does the same for s3prl's own ``fbank`` upstream (the FBANK baseline row): its features are
+computed per waveform anyway (Kaldi fbank, deltas, per-utterance CMVN), so the memoised ones are identical.
 """
 
 import hashlib
@@ -21,6 +24,7 @@ from torch import Tensor
 from dphubert.s3prl.expert import UpstreamExpert
 
 UPSTREAM_NAME = "dphubert_cached"
+FBANK_UPSTREAM_NAME = "fbank_cached"
 DEFAULT_BUDGET_MB = 3000
 
 
@@ -109,3 +113,42 @@ class CachedUpstreamExpert(UpstreamExpert):
 def dphubert_cached(ckpt: str, *args, **kwargs) -> CachedUpstreamExpert:
     """s3prl hub entry: ``dphubert_local`` with memoised features (frozen-upstream runs only)."""
     return CachedUpstreamExpert(ckpt, *args, **kwargs)
+
+
+def _fbank_expert_class():
+    from s3prl.upstream.baseline.expert import UpstreamExpert as BaselineExpert
+    from torch.nn.utils.rnn import pad_sequence
+
+    class CachedFbankExpert(BaselineExpert):
+        """s3prl's ``fbank`` upstream, each waveform's features memoised."""
+
+        def __init__(self, model_config: str, **kwargs):
+            super().__init__(model_config, **kwargs)
+            self.cache = cache_for(f"s3prl:{model_config}")
+
+        def forward(self, wavs: List[Tensor]) -> Dict[str, Tensor]:
+            if torch.is_grad_enabled() or "kaldi" not in self.config:
+                return super().forward(wavs)
+            feats = []
+            for wav in wavs:
+                key = _digest(wav)
+                found = self.cache.get(key)
+                if found is None:
+                    found = [self.extracter(wav)]
+                    self.cache.put(key, found)
+                feats.append(found[0])
+            padded = pad_sequence(feats, batch_first=True)
+            return {"last_hidden_state": padded, "hidden_states": [padded]}
+
+    return CachedFbankExpert
+
+
+def fbank_cached(*args, **kwargs):
+    """s3prl hub entry: s3prl's ``fbank`` upstream (its own fbank.yaml) with memoised features."""
+    import os
+
+    import s3prl.upstream.baseline.hubconf as baseline
+
+    kwargs.pop("ckpt", None)
+    kwargs["model_config"] = os.path.join(os.path.dirname(baseline.__file__), "fbank.yaml")
+    return _fbank_expert_class()(**kwargs)

@@ -65,6 +65,7 @@ def setup() -> None:
     from . import feature_cache
 
     setattr(s3prl.hub, feature_cache.UPSTREAM_NAME, feature_cache.dphubert_cached)
+    setattr(s3prl.hub, feature_cache.FBANK_UPSTREAM_NAME, feature_cache.fbank_cached)
     ctc_corpora.install()
     _READY = True
 

@@ -6,6 +6,8 @@ Layout under ``out``::
     <model>/<task>/                 s3prl's experiment dir: superb_config.yaml, train.log, evaluate.log,
                                     checkpoints, result.json and the .done marker of a finished pair
     <model>/er/fold<k>/             ER: one experiment per test fold (the task's value is their mean)
+    fbank/<task>/                   the FBANK baseline: s3prl's own ``fbank`` upstream (memoised in quick mode:
+                                    ``fbank_cached``), same path and settings
     results.json  RESULTS.md  results.png
 
 A pair with a ``.done`` marker is not rerun (``force=True`` reruns everything); a pair without one, or whose
@@ -13,6 +15,9 @@ marker holds another sha1 of the model file (the model was retrained since), is 
 that fails is reported (one line, in RESULTS.md too) and the others still run. With ``StageOptions.jobs > 1``
 the pairs run in that many spawned worker processes (each with its own s3prl import and feature cache); the
 results are the same as one after the other (s3prl seeds every run).
+
+Every pair's result.json also holds ``n_test`` and ``ci95`` (the 95% interval of the headline metric, from
+s3prl's per-utterance test outputs; see ``intervals``) where the task's expert writes those files.
 """
 
 import hashlib
@@ -26,7 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from . import corpora as corpora_mod
 from . import results as results_mod
-from . import feature_cache, running
+from . import feature_cache, intervals, running
 from .configs import quick_subsets, resolve_config, set_dotted, write_config
 from .errors import SuperbError
 from .subsets import subset_view
@@ -47,6 +52,7 @@ class StageOptions:
     cache_mb: int = 3000
     jobs: int = 1                      # model x task pairs run at once, each in its own process
     num_threads: int = 0               # torch threads of each such process (0: torch's default)
+    fbank: bool = True                 # add the FBANK baseline row (s3prl's ``fbank`` upstream)
 
     @property
     def upstream(self) -> str:
@@ -62,6 +68,27 @@ class ModelInfo:
     macs: Optional[float]
     macs_seconds: float = 10.0
     digest: str = ""                   # sha1 of the model file: a pair's .done marker holds it
+    upstream: Optional[str] = None     # s3prl upstream of a model without a file (fbank); None: ours
+
+
+FBANK = "fbank"
+
+
+def fbank_macs(seconds: float) -> float:
+    """Multiply-accumulates of s3prl's ``fbank`` upstream (Kaldi fbank, 80 bins, 25/10 ms, deltas, CMVN).
+
+    Per 10 ms frame: a 512-point real FFT (~4 N/2 log2 N = 9216), the power spectrum (2 x 257), the 80 x 257 mel
+    matrix (20560), deltas and delta-deltas (2 x 80 x 5 x 2) and CMVN (240): about 31k, so ~0.03 GMACs in 10 s.
+    """
+    per_frame = 4 * 256 * 9 + 2 * 257 + 80 * 257 + 2 * 80 * 5 * 2 + 240
+    return per_frame * seconds * 100.0
+
+
+def fbank_info() -> ModelInfo:
+    import s3prl
+
+    return ModelInfo(FBANK, "", 0, fbank_macs(10.0), digest=f"s3prl-fbank-{getattr(s3prl, '__version__', '?')}",
+                     upstream=FBANK)
 
 
 def file_digest(path: str) -> str:
@@ -72,13 +99,19 @@ def file_digest(path: str) -> str:
     return sha1.hexdigest()
 
 
-def describe_models(models: Mapping[str, str]) -> Dict[str, ModelInfo]:
-    """Load every model once (a non-model file fails here, before any training); params and MACs."""
+def describe_models(models: Mapping[str, str], fbank: bool = False) -> Dict[str, ModelInfo]:
+    """Load every model once (a non-model file fails here, before any training); params and MACs.
+
+    ``fbank``: the FBANK baseline first, as in SUPERB's tables (no parameters; its MACs estimated).
+    """
+    if fbank and FBANK in models:
+        raise SuperbError(f"--models names '{FBANK}', the name of the FBANK baseline row; rename that model "
+                          f"(or pass --no-fbank)")
     try:
         from dphubert.models.macs import count_macs
     except ImportError:  # MACs are optional in the report
         count_macs = None
-    infos = {}
+    infos = {FBANK: fbank_info()} if fbank else {}
     for name, path in models.items():
         model = running.check_model(path)
         macs = float(count_macs(model, seconds=10.0)["total"]) if count_macs else None
@@ -124,25 +157,31 @@ def run_pair(model: ModelInfo, task: Task, variables: Mapping[str, object], expd
         set_dotted(config, "downstream_expert.datarc.test_fold", f"fold{fold}")
     config_path = write_config(config, expdir / "superb_config.yaml")
     common = ["--seed", str(options.seed)]
+    cached = options.upstream == feature_cache.UPSTREAM_NAME
+    if model.upstream == FBANK:
+        upstream = ["-u", feature_cache.FBANK_UPSTREAM_NAME if cached else FBANK]
+    else:
+        upstream = ["-u", options.upstream, "-k", model.path]
     start = time.time()
     cache_before = feature_cache.current()
     hits_before, misses_before = (cache_before.hits, cache_before.misses) if cache_before else (0, 0)
     if task.trains:
         running.run_downstream(running.with_config(
-            ["-m", "train", "-u", options.upstream, "-k", model.path, "-d", task.downstream, "-p", str(expdir),
+            ["-m", "train", *upstream, "-d", task.downstream, "-p", str(expdir),
              "-c", str(config_path), *common], {}), log=expdir / "train.log", quiet=options.quiet)
         evaluate = ["-m", "evaluate", "-e", str(evaluation_checkpoint(task, expdir)), "-t", task.eval_split]
     else:
-        evaluate = ["-m", "evaluate", "-u", options.upstream, "-k", model.path, "-d", task.downstream,
+        evaluate = ["-m", "evaluate", *upstream, "-d", task.downstream,
                     "-p", str(expdir), "-c", str(config_path), "-t", task.eval_split, *common]
     text = running.run_downstream(running.with_config(evaluate, {}), log=expdir / "evaluate.log",
                                   quiet=options.quiet)
     if task.name == "qbe":
         text += _score_qbe(expdir, variables)
     values = results_mod.parse_metrics(task, text, source=str(expdir / "evaluate.log"))
+    values.update(test_interval(task, expdir, values))
     values["seconds"] = round(time.time() - start, 1)
     cache = feature_cache.current()
-    if options.upstream == feature_cache.UPSTREAM_NAME and cache is not None:
+    if cached and cache is not None:
         if cache is not cache_before:
             hits_before = misses_before = 0  # the cache was made for this model during this pair
         values["feature_cache_hits"] = cache.hits - hits_before
@@ -150,6 +189,16 @@ def run_pair(model: ModelInfo, task: Task, variables: Mapping[str, object], expd
     results_mod.write_json(expdir / "result.json", values)
     (expdir / DONE).write_text(model.digest + "\n")
     return values
+
+
+def test_interval(task: Task, expdir: Path, values: Mapping[str, float]) -> Dict[str, object]:
+    """``n_test`` and ``ci95`` from s3prl's per-utterance test files, when they give back s3prl's own value."""
+    found = intervals.interval(task.name, expdir)
+    if not found:
+        return {}
+    if abs(found.pop("rate_from_files") - values[task.metric.name]) > 0.01:  # not this run's files
+        return {}
+    return found
 
 
 def _folds(task: Task, options: StageOptions) -> List[Optional[int]]:
@@ -169,7 +218,7 @@ def run_stage(models: Mapping[str, str], tasks: Sequence[Task], out: Path, corpo
     problems = [reason for task in tasks if (reason := corpora_mod.missing_corpus(task, corpora))]
     if problems:
         raise SuperbError(problems[0])
-    infos = describe_models(models)
+    infos = describe_models(models, fbank=options.fbank)
     feature_cache.set_budget(options.cache_mb)
     variables = {}
     for task in tasks:
@@ -181,8 +230,8 @@ def run_stage(models: Mapping[str, str], tasks: Sequence[Task], out: Path, corpo
 
     pairs = [(name, task, fold) for name in infos for task in tasks for fold in _folds(task, options)]
     outcomes = _run_pairs(pairs, infos, variables, out, options, log)
-    results: Dict[str, Dict[str, dict]] = {name: {} for name in models}
-    failures: Dict[str, Dict[str, str]] = {name: {} for name in models}
+    results: Dict[str, Dict[str, dict]] = {name: {} for name in infos}
+    failures: Dict[str, Dict[str, str]] = {name: {} for name in infos}
     for name in infos:
         for task in tasks:
             fold_outcomes = [outcomes[(name, task.name, fold)] for fold in _folds(task, options)]
@@ -194,8 +243,8 @@ def run_stage(models: Mapping[str, str], tasks: Sequence[Task], out: Path, corpo
     data = {
         "settings": {"mode": "full" if options.full else "quick", "overrides": list(options.overrides),
                      "er_folds": list(options.er_folds), "seed": options.seed},
-        "models": {n: {"path": i.path, "params": i.params, "macs": i.macs, "macs_seconds": i.macs_seconds}
-                   for n, i in infos.items()},
+        "models": {n: {"path": i.path or f"s3prl upstream {i.upstream}", "params": i.params, "macs": i.macs,
+                       "macs_seconds": i.macs_seconds} for n, i in infos.items()},
         "tasks": {t.name: {"title": t.title, "description": t.description, "downstream": t.downstream,
                            "metrics": [{"name": m.name, "higher_better": m.higher_better} for m in t.metrics]}
                   for t in tasks},
@@ -284,9 +333,16 @@ def _run_pairs(pairs, infos: Mapping[str, ModelInfo], variables: Mapping[str, Ma
     return outcomes
 
 
-def _mean(values: List[Dict[str, float]]) -> Dict[str, float]:
-    keys = [k for k in values[0] if all(k in v for v in values)]
-    return {k: sum(v[k] for v in values) / len(values) for k in keys} if len(values) > 1 else dict(values[0])
+def _mean(values: List[Dict[str, object]]) -> Dict[str, object]:
+    """The folds' mean of every number; ``n_test`` summed. (Intervals of single folds do not combine into one of
+    the mean: a multi-fold value has none.)"""
+    if len(values) == 1:
+        return dict(values[0])
+    keys = [k for k in values[0] if all(k in v for v in values) and k != "ci95"]
+    mean = {k: sum(v[k] for v in values) / len(values) for k in keys}
+    if "n_test" in mean:
+        mean["n_test"] = sum(v["n_test"] for v in values)
+    return mean
 
 
 def write_report(data: dict, out: Path) -> None:

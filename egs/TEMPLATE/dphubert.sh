@@ -205,13 +205,9 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
                 "(log: ${teacher_dir}/logs/pretrain.log)"
             # The demo pretrains on its own corpus, so the corpus must exist first.
             local/data.sh ${local_data_opts}
-            if [ "${force}" = true ] && [ -f "${teacher_dir}/pretrain_checkpoint.pt" ]; then
-                mv "${teacher_dir}/pretrain_checkpoint.pt" "${teacher_dir}/pretrain_checkpoint.pt.before_force"
-                log "--force true: pretraining from scratch (the old checkpoint is kept as *.before_force)"
-            fi
             ${train_cmd} --num-threads "${nj}" "${teacher_dir}/logs/pretrain.log" \
                 ${python} -m dphubert.bin.pretrain_hubert --config "${pretrain_config}" \
-                --data "data/${train_set}" --out "${teacher_pt}" --resume
+                --data "data/${train_set}" --out "${teacher_pt}" $(resume_flag "${teacher_dir}")
         else
             [ -n "${teacher}" ] || die "--teacher is empty: name the teacher checkpoint (run.sh or db.sh)"
             [ -e "${teacher}" ] || die "teacher checkpoint '${teacher}' does not exist; fix --teacher in run.sh"

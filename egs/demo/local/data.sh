@@ -13,6 +13,7 @@ minutes=60          # minutes of audio (3 for a CI-sized corpus)
 seed=1234           # seed of every random choice
 nj=2                # parallel espeak-ng processes
 num_speakers=24     # distinct synthetic speakers (20-104)
+extra_test=         # test utterances on top of --minutes, e.g. ks=1000,ic=600,sid=900,pr=200
 out_audio=downloads/demo   # audio + s3prl corpus layouts (+ s3prl_paths.yaml)
 out_data=data              # Kaldi dirs: ${out_data}/{train,dev,test}
 force=false         # regenerate even if a finished corpus is there
@@ -25,6 +26,7 @@ Options:
   --seed N           random seed (default: ${seed})
   --nj N             parallel synthesis processes (default: ${nj})
   --num-speakers N   synthetic speakers, 20-104 (default: ${num_speakers})
+  --extra-test LIST  extra test utterances per task, e.g. ks=1000,ic=600,sid=900,pr=200 (default: none)
   --out-audio DIR    audio and s3prl layouts (default: ${out_audio})
   --out-data DIR     Kaldi data dirs (default: ${out_data})
   --force true|false regenerate a finished corpus (default: ${force})"
@@ -65,5 +67,6 @@ python "${local_dir}/synth_corpus.py" \
     --seed "${seed}" \
     --nj "${nj}" \
     --num-speakers "${num_speakers}" \
+    --extra-test "${extra_test}" \
     "${force_opt[@]}"
 log "Done: Kaldi dirs in ${out_data}/{train,dev,test}; s3prl paths in ${out_audio}/s3prl_paths.yaml"

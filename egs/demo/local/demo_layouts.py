@@ -81,7 +81,7 @@ def write_kaldi_dir(data_dir, utts):
 def write_kaldi_dirs(out_data, utts):
     """data/{train,dev,test}: every utterance in its speaker's partition."""
     for partition in ("train", "dev", "test"):
-        write_kaldi_dir(Path(out_data) / partition, [u for u in utts if u.partition == partition])
+        write_kaldi_dir(Path(out_data) / partition, [u for u in utts if u.partition == partition and not u.sid_only])
 
 
 # ---------------------------------------------------------------- Speech Commands
@@ -141,7 +141,7 @@ def write_fluent_commands(out_audio, utts):
     """data/{train,valid,test}_data.csv + wavs/speakers/<speaker>/<utt>.wav."""
     root = Path(out_audio) / FSC_DIR
     rows = {split: [] for split in FSC_SPLITS.values()}
-    for u in sorted((u for u in utts if u.kind == "command"), key=lambda u: u.utt_id):
+    for u in sorted((u for u in utts if u.kind == "command" and not u.sid_only), key=lambda u: u.utt_id):
         rel = f"wavs/speakers/{u.speaker.name}/{u.utt_id}.wav"
         link_or_copy(u.wav_path, root / rel)
         rows[FSC_SPLITS[u.partition]].append(

@@ -69,6 +69,7 @@ class Utterance:
     pad_before: float = 0.0    # seconds, or for keywords the offset share inside the 1 s clip
     pad_after: float = 0.0
     sid_split: Optional[str] = None  # train/dev/test for speaker identification
+    sid_only: bool = False     # an extra SID test utterance: in the VoxCeleb1 layout only
     flac_path: Optional[str] = None  # LibriSpeech copy (sentences only)
     # filled in after rendering
     wav_path: str = ""
@@ -181,6 +182,20 @@ class _Planner:
                 break
             spent += estimated_seconds(self._add(kind, speaker))
 
+    def add_test_extras(self, counts):
+        unknown = sorted(set(counts) - set(EXTRA_TEST_TASKS))
+        if unknown or any(n < 0 for n in counts.values()):
+            raise PlanError(f"--extra-test: give counts >= 0 for tasks {', '.join(EXTRA_TEST_TASKS)}, got {counts}")
+        testers = [s for s in self.speakers if s.partition == "test"]
+        for kind, task in (("keyword", "ks"), ("command", "ic"), ("sentence", "pr")):
+            for i in range(counts.get(task, 0)):
+                self._add(kind, testers[i % len(testers)])
+        for i in range(counts.get("sid", 0)):
+            utt = self._new(self.speakers[i % len(self.speakers)], "command", "")
+            utt.intent = self._next_intent("test")
+            utt.text = self.grammar.sample_command(utt.intent, self.rng)
+            utt.sid_split, utt.sid_only = "test", True
+
     def assign_sid_splits(self):
         """Speaker identification: each speaker's commands and sentences split 80/10/10,
         so every speaker is in train, dev and test."""
@@ -193,8 +208,17 @@ class _Planner:
                 pool[int(i)].sid_split = "dev" if rank < n_held else "test" if rank < 2 * n_held else "train"
 
 
-def plan_corpus(grammar, num_speakers, minutes, seed):
-    """Speakers and utterances of a corpus of about `minutes` minutes of audio."""
+EXTRA_TEST_TASKS = ("ks", "ic", "sid", "pr")
+
+
+def plan_corpus(grammar, num_speakers, minutes, seed, extra_test=None):
+    """Speakers and utterances of a corpus of about `minutes` minutes of audio.
+
+    `extra_test` ({"ks": n, "ic": n, "sid": n, "pr": n}) adds test utterances on top of the budget, drawn after
+    everything else (the rest of the plan stays the same): KS keyword clips, IC commands and PR sentences of the
+    test speakers, and SID commands of every speaker (in the VoxCeleb1 test split only, nowhere else), so that
+    the test sets give narrow intervals.
+    """
     if minutes <= 0:
         raise PlanError(f"--minutes must be positive, got {minutes}")
     rng = np.random.default_rng(seed)
@@ -204,4 +228,5 @@ def plan_corpus(grammar, num_speakers, minutes, seed):
     for kind, plural in (("keyword", "keywords"), ("command", "commands"), ("sentence", "sentences")):
         planner.fill(kind, minutes * 60.0 * grammar.mix[plural] / total_share)
     planner.assign_sid_splits()
+    planner.add_test_extras(extra_test or {})
     return speakers, planner.utterances

@@ -70,6 +70,9 @@ def get_parser():
     parser.add_argument("--seed", type=int, default=1234, help="seed of every random choice")
     parser.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")
     parser.add_argument("--num-speakers", type=int, default=24, help="distinct espeak speakers (20-104)")
+    parser.add_argument("--extra-test", default="", metavar="ks=N,ic=N,sid=N,pr=N",
+                        help="test utterances added on top of --minutes, per task (KS clips, IC commands and PR "
+                             "sentences of the test speakers; SID commands of every speaker, SID layout only)")
     parser.add_argument("--grammar", default=str(DEFAULT_GRAMMAR), help="grammar YAML file")
     parser.add_argument("--force", action="store_true", help="regenerate even if a finished corpus is present")
     return parser
@@ -152,11 +155,23 @@ def require_tools():
         raise CorpusError(f"{', '.join(missing)} not found; install it with: apt-get install -y espeak-ng sox")
 
 
+def parse_extra_test(text):
+    """"ks=1000,ic=600" -> {"ks": 1000, "ic": 600}."""
+    counts = {}
+    for item in filter(None, text.replace(" ", ",").split(",")):
+        task, sep, number = item.partition("=")
+        if not sep or not number.isdigit():
+            raise PlanError(f"--extra-test: bad entry '{item}'; use e.g. ks=1000,ic=600,sid=900,pr=200")
+        counts[task] = int(number)
+    return counts
+
+
 def _settings(args):
     grammar_bytes = Path(args.grammar).read_bytes() if Path(args.grammar).is_file() else b""
     return {"format": FORMAT_VERSION, "minutes": args.minutes, "seed": args.seed,
             "num_speakers": args.num_speakers, "grammar_sha1": hashlib.sha1(grammar_bytes).hexdigest(),
-            "out_data": str(Path(args.out_data).resolve())}
+            "out_data": str(Path(args.out_data).resolve()),
+            **({"extra_test": parse_extra_test(args.extra_test)} if args.extra_test else {})}
 
 
 def is_done(out_audio, out_data, settings):
@@ -188,7 +203,7 @@ def remove_previous_outputs(out_audio, out_data):
 def summarize(speakers, utts, elapsed):
     seconds = defaultdict(float)
     for u in utts:
-        seconds[(u.partition, u.kind)] += u.num_samples / audio.TARGET_RATE
+        seconds[("sid test" if u.sid_only else u.partition, u.kind)] += u.num_samples / audio.TARGET_RATE
     lines = [f"{len(speakers)} speakers, {len(utts)} utterances, "
              f"{sum(seconds.values()) / 60:.1f} min of audio in {elapsed:.1f} s"]
     for partition in ("train", "dev", "test"):
@@ -196,6 +211,12 @@ def summarize(speakers, utts, elapsed):
         parts = ", ".join(f"{kind} {seconds[(partition, kind)] / 60:.1f}"
                           for kind in ("keyword", "silence", "command", "sentence"))
         lines.append(f"  {partition}: {n_spk} speakers; minutes: {parts}")
+    if any(u.sid_only for u in utts):
+        lines.append(f"  SID-only test commands (--extra-test sid=...): {seconds[('sid test', 'command')] / 60:.1f} min")
+    test = [u for u in utts if u.partition == "test" and not u.sid_only]
+    lines.append(f"  test sets: KS {sum(u.kind in ('keyword', 'silence') for u in test)} clips, IC "
+                 f"{sum(u.kind == 'command' for u in test)} commands, SID {sum(u.sid_split == 'test' for u in utts)} "
+                 f"utterances, PR {sum(u.kind == 'sentence' for u in test)} sentences")
     return "\n".join(lines)
 
 
@@ -211,7 +232,7 @@ def synthesize_corpus(args):
         return None
     start = time.time()
     grammar = load_grammar(args.grammar)
-    speakers, utts = plan_corpus(grammar, args.num_speakers, args.minutes, args.seed)
+    speakers, utts = plan_corpus(grammar, args.num_speakers, args.minutes, args.seed, parse_extra_test(args.extra_test))
     remove_previous_outputs(out_audio, out_data)
     wav_root = out_audio / "wav"
     for u in utts:
