@@ -19,7 +19,10 @@ allocator warm-up) excluded. Printed per run, and written to ``--json`` / ``--ma
   the chip's dense bf16/fp16 peak, 989 TFLOP/s for an H100/H200, 312 for an A100).
 
 Option sets (the trainer's speed keys, see README "Benchmarks"): ``plain`` (every speed option off: the code
-before issue 15), ``all`` (every one on), ``no_<key>`` (all on but that one).
+before issue 15), ``all`` (every one on), ``no_<option>`` (all on but that one), or options joined by ``+``; the
+options: ``defer`` (defer_host_sync), ``bf16_teacher`` (teacher_precision bf16), ``fused`` (fused_adamw),
+``compile`` (compile_layers, inductor on CUDA). A run that fails is recorded with its error and the next one runs;
+``--time-budget`` skips the runs that would start after it; the JSON and markdown are rewritten after every run.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ import soundfile as sf
 import torch
 
 SR = 16000
-SPEED_KEYS = ("defer_host_sync", "teacher_precision", "fused_adamw", "compile_layers")
+# The trainer's speed options (config keys) by short name, with their "on" values; "off" is the plain path.
+OPTIONS_ON = {"defer": ("defer_host_sync", True), "bf16_teacher": ("teacher_precision", "bf16"),
+              "fused": ("fused_adamw", True), "compile": ("compile_layers", "<backend>")}
 OFF = {"defer_host_sync": False, "teacher_precision": "amp", "fused_adamw": False, "compile_layers": None}
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
 
@@ -51,21 +56,35 @@ PRESETS = {  # shapes and run lengths
     "small": dict(model="tiny", batch_seconds=3.2, utts=24, min_seconds=0.2, max_seconds=1.56, buckets=2,
                   steps=3, warmup=1, workers=1),
 }
-# (method, amp, option set): Step 1 with every option on/off in bf16, plain/all in fp16, Step 2 and the baseline.
-PLAN = ([("distill_prune", "bf16", s) for s in ("plain", "all", *(f"no_{k}" for k in SPEED_KEYS))]
-        + [("distill_prune", "fp16", s) for s in ("plain", "all")]
-        + [(m, "bf16", s) for m in ("final_distill", "distilhubert") for s in ("plain", "all")])
+# (method, amp, option set), most wanted first (a run past --time-budget is skipped): Step 1 in bf16 with the
+# options off and on, then in fp16, then the options added one by one, then Step 2 and the baseline.
+PLAN = [("distill_prune", "bf16", "plain"), ("distill_prune", "bf16", "all"),
+        ("distill_prune", "fp16", "plain"), ("distill_prune", "fp16", "all"),
+        ("distill_prune", "bf16", "defer"), ("distill_prune", "bf16", "defer+bf16_teacher"),
+        ("distill_prune", "bf16", "defer+bf16_teacher+fused"),
+        ("final_distill", "bf16", "plain"), ("final_distill", "bf16", "all"),
+        ("distilhubert", "bf16", "plain"), ("distilhubert", "bf16", "all")]
 
 
 def option_set(name: str, compile_backend: str) -> Dict[str, object]:
-    on = {"defer_host_sync": True, "teacher_precision": "bf16", "fused_adamw": True, "compile_layers": compile_backend}
+    """``plain``, ``all``, ``no_<short>`` or short names joined by ``+`` (e.g. ``defer+fused``) -> config values."""
     if name == "plain":
-        return dict(OFF)
-    if name == "all":
-        return on
-    if name.startswith("no_") and name[3:] in SPEED_KEYS:
-        return dict(on, **{name[3:]: OFF[name[3:]]})
-    raise SystemExit(f"--option-sets: unknown set {name!r}; use plain, all or no_<key> with key in {SPEED_KEYS}")
+        chosen = []
+    elif name == "all":
+        chosen = list(OPTIONS_ON)
+    elif name.startswith("no_"):
+        chosen = [short for short in OPTIONS_ON if short != name[3:]]
+    else:
+        chosen = name.split("+")
+    bad = [short for short in chosen + ([name[3:]] if name.startswith("no_") else []) if short not in OPTIONS_ON]
+    if bad:
+        raise SystemExit(f"--option-sets: unknown option {bad[0]!r} in {name!r}; use plain, all, no_<option> or "
+                         f"options joined by +, options: {', '.join(OPTIONS_ON)}")
+    values = dict(OFF)
+    for short in chosen:
+        key, value = OPTIONS_ON[short]
+        values[key] = compile_backend if value == "<backend>" else value
+    return values
 
 
 # ----- inputs: audio, teacher, Step-2 student --------------------------------------------------------------------
@@ -145,6 +164,9 @@ def measure(spec: dict) -> dict:
                 batches.append(tuple(batch["waveforms"].shape))
                 yield batch
 
+        def _save_checkpoint(self):  # outside the timed steps, and a Base student's checkpoint is over 1 GB
+            pass
+
     distill_cli.Trainer = BenchTrainer
     work = Path(spec["workdir"])
     exp = Path(tempfile.mkdtemp(prefix=f"{spec['method']}_", dir=work))
@@ -156,10 +178,11 @@ def measure(spec: dict) -> dict:
             "--save-interval", 100000, "--log-interval", 10]
     for key, value in spec["options"].items():
         argv += [f"--{key.replace('_', '-')}", "null" if value is None else str(value).lower()]
-    module = {"distill_prune": distill_prune, "final_distill": final_distill, "distilhubert": distilhubert}[spec["method"]]
+    modules = {"distill_prune": distill_prune, "final_distill": final_distill, "distilhubert": distilhubert}
+    module = modules[spec["method"]]
     if spec["method"] == "final_distill":
         argv += ["--student", work / "step2_student.pt"]
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # an earlier run in this process (--in-process)
         torch.cuda.reset_peak_memory_stats()
     if module.main([str(a) for a in argv]) != 0:
         raise SystemExit(f"{spec['method']} failed (see {exp / 'exp' / 'train.log'})")
@@ -184,10 +207,15 @@ def measure(spec: dict) -> dict:
             "batch_shapes": [list(b) for b in timed]}
 
 
-def run_alone(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
+def run_alone(spec: dict, timeout: Optional[float]) -> dict:
+    """``measure(spec)`` in a fresh process; a failure or timeout gives ``{"error": ...}`` instead of the figures."""
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s (--time-budget)"}
     if proc.returncode != 0:
-        raise SystemExit(f"{spec['method']} {spec['amp']} {spec['name']} failed:\n{proc.stderr[-4000:]}")
+        return {"error": proc.stderr.strip()[-3000:] or f"exit status {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -196,8 +224,13 @@ def table(result: dict) -> str:
     header = ("| method | amp | options | audio s / s | vs plain | step s | data | teacher | student fwd+bwd | "
               "optimizer | logging | peak GiB | TFLOP/s | MFU |")
     rows = [header, "|" + "---|" * 14]
-    plain = {(r["method"], r["amp"]): r["audio_per_s"] for r in result["runs"] if r["options"] == "plain"}
+    plain = {(r["method"], r["amp"]): r["audio_per_s"] for r in result["runs"]
+             if r["options"] == "plain" and "error" not in r}
     for r in result["runs"]:
+        if "error" in r:
+            rows.append(f"| {r['method']} | {r['amp']} | {r['options']} | failed: "
+                        f"{r['error'].splitlines()[-1][:150]} |" + " |" * 10)
+            continue
         ref = plain.get((r["method"], r["amp"]))
         cells = [r["method"], r["amp"], r["options"], f"{r['audio_per_s']:.1f}",
                  f"{r['audio_per_s'] / ref:.2f}x" if ref else "-", f"{r['step_s']:.3f}"]
@@ -218,7 +251,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--methods", default=None, help="comma list; with --amp/--option-sets: their product "
                                                         "instead of the default plan")
     parser.add_argument("--amp", default=None, help="comma list of bf16, fp16, none")
-    parser.add_argument("--option-sets", default=None, help="comma list of plain, all, no_<key>")
+    parser.add_argument("--option-sets", default=None, help="comma list of plain, all, no_<option>, a+b")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds: runs that would start later "
+                                                                        "are skipped, a run past it is stopped")
     parser.add_argument("--compile-backend", default=None, help="for compile_layers (default: inductor on CUDA, "
                                                                 "aot_eager on CPU: no C++ compile)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the chip's dense bf16 peak, for the MFU")
@@ -259,34 +294,50 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"{name}, torch {torch.__version__}, preset {'small' if args.small else 'base'} "
           f"({preset['batch_seconds']:g} s batches, {preset['warmup']} + {preset['steps']} steps), {len(plan)} runs, "
           f"work dir {work} (inputs made in {time.perf_counter() - start:.1f} s)", flush=True)
-    runs = []
-    for method, amp, set_name in plan:
-        spec = dict(preset, method=method, amp=amp, name=set_name, options=option_set(set_name, backend),
-                    device=device, workdir=str(work), peak_tflops=peak)
-        started = time.perf_counter()
-        run = measure(copy.deepcopy(spec)) if args.in_process else run_alone(spec)
-        run["wall_s"] = time.perf_counter() - started
-        runs.append(run)
-        print(f"{method} {amp} {set_name}: {run['audio_per_s']:.1f} audio s / s, step {run['step_s']:.3f} s "
-              f"(data {100 * run['split']['data']:.1f}%), peak {run['peak_memory_gib']:.2f} GiB, "
-              f"{run['tflops_per_s']:.3g} TFLOP/s ({run['wall_s']:.0f} s)", flush=True)
     result = {"device": device, "device_name": name, "torch": torch.__version__, "python": platform.python_version(),
               "preset": "small" if args.small else "base", "shapes": preset, "peak_tflops": peak,
-              "compile_backend": backend, "total_s": time.perf_counter() - start, "runs": runs}
-    text = table(result)
-    print(text)
-    best = max((r for r in runs if r["method"] == "distill_prune"), key=lambda r: r["audio_per_s"], default=None)
-    if best:
+              "compile_backend": backend, "runs": []}
+    for method, amp, set_name in plan:
+        left = None if args.time_budget is None else args.time_budget - (time.perf_counter() - start)
+        spec = dict(preset, method=method, amp=amp, name=set_name, options=option_set(set_name, backend),
+                    device=device, workdir=str(work), peak_tflops=peak)
+        if left is not None and left < 45:  # too little for a run (start-up, warm-up and the timed steps)
+            run = {"error": "skipped: --time-budget spent"}
+        elif args.in_process:
+            run = measure(copy.deepcopy(spec))
+        else:
+            started = time.perf_counter()
+            run = run_alone(spec, left)
+            run["wall_s"] = time.perf_counter() - started
+        run.update(method=method, amp=amp, options=set_name)
+        result["runs"].append(run)
+        if "error" in run:
+            print(f"{method} {amp} {set_name}: FAILED {run['error'][-1500:]}", flush=True)
+        else:
+            print(f"{method} {amp} {set_name}: {run['audio_per_s']:.1f} audio s / s, step {run['step_s']:.3f} s "
+                  f"(data {100 * run['split']['data']:.1f}%), peak {run['peak_memory_gib']:.2f} GiB, "
+                  f"{run['tflops_per_s']:.3g} TFLOP/s ({run.get('wall_s', 0):.0f} s)", flush=True)
+        result["total_s"] = time.perf_counter() - start
+        write_outputs(result, args)
+    print(table(result))
+    done = [r for r in result["runs"] if r["method"] == "distill_prune" and "error" not in r]
+    if done:
+        best = max(done, key=lambda r: r["audio_per_s"])
         print(f"best Step 1: {best['audio_per_s']:.1f} audio s / s ({best['amp']}, {best['options']}); the paper "
               f"~490 per GPU, goal >= 2000 on one H200; total {result['total_s']:.0f} s")
+
+
+def write_outputs(result: dict, args) -> None:
+    shapes = result["shapes"]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"{name}, torch {torch.__version__}, {preset['batch_seconds']:g} s batches, "
-                                 f"one run each, {preset['steps']} steps measured after {preset['warmup']} warm-up steps\n\n"
-                                 + text + "\n")
+        args.markdown.write_text(f"{result['device_name']}, torch {result['torch']}, {shapes['batch_seconds']:g} s "
+                                 f"batches, one run each: {shapes['steps']} steps measured after {shapes['warmup']} "
+                                 f"warm-up steps; compile backend {result['compile_backend']}\n\n"
+                                 + table(result) + "\n")
 
 
 if __name__ == "__main__":

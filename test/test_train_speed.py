@@ -5,7 +5,8 @@ Each option is switched on against the plain path on the same tiny Step-1 run (r
 per-step check, before any save; ``fused_adamw`` and ``compile_layers`` (the aot_eager backend: dynamo + AOT
 autograd, the path inductor takes, without a C++ compile) give the same weights within float tolerance;
 ``teacher_precision: bf16`` gives the same losses within bf16 rounding; a kill and ``--resume`` with every option on
-(but compile_layers) ends with bit-identical weights. ``bench/gpu_train_speed.py --small`` prints its JSON with every field.
+(but compile_layers) ends with bit-identical weights. ``bench/gpu_train_speed.py --small`` prints its JSON with
+every field.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from dphubert.models import Wav2Vec2Model, save_model
 from test_distill import FAST, make_data_dir, model_tensors, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-STEP1 = [*FAST, "--max-steps", 10, "--save-interval", 5, "--target-sparsity", 0.3, "--sparsity-warmup-steps", 6,
-         "--reg-lr", 0.05, "--lr", "1e-3"]
+# Batches of >= 2 items (a batch of 1 would be one more graph for torch.compile to trace).
+STEP1 = [*FAST, "--batch-seconds", 2.4, "--max-steps", 10, "--save-interval", 5, "--target-sparsity", 0.3,
+         "--sparsity-warmup-steps", 6, "--reg-lr", 0.05, "--lr", "1e-3"]
 # compile_layers is left out of the kill/resume run: its three compilations would triple the test's time.
 ALL_ON = ["--defer-host-sync", "true", "--fused-adamw", "true", "--teacher-precision", "bf16"]
 
@@ -69,13 +71,14 @@ def test_deferred_host_sync_is_bit_identical(speed):
 def test_fused_adamw_and_compiled_layers_match_the_plain_run(speed, option):
     exp = run_option(speed, option[0].strip("-"), *option)
     plain, fast = model_tensors(speed["plain"] / "last.pt"), model_tensors(exp / "last.pt")
+    # Adam divides each gradient by its running size, so where a gradient is near zero (a key bias: exactly zero in
+    # exact arithmetic, softmax ignores it) kernel rounding changes the update by up to the lr. Bounds: 1% of the
+    # most a weight can move in 10 steps (10 x lr 1e-3), 0.2% for the gates (10 x reg_lr 0.05).
     for key in plain:
-        # A key bias has zero gradient in exact arithmetic (softmax ignores it): Adam scales its rounding noise up
-        # to lr-sized steps, whose signs differ between kernels. Every other weight agrees to float rounding.
-        atol = 1e-4 if key.endswith("attention.k_proj.bias") else 1e-6
+        atol = 1e-3 if key.endswith("log_alpha") else 1e-4
         torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=atol, msg=key)
     for a, b in zip(history(exp), history(speed["plain"])):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["l1"] == pytest.approx(b["l1"], rel=1e-5)
 
 
 def test_bf16_teacher_matches_the_fp32_losses_within_rounding(speed):
@@ -141,7 +144,7 @@ def test_phase_timer_splits_the_step():
 def test_gpu_bench_small_runs_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "bench/gpu_train_speed.py", "--small", "--in-process", "--amp", "none", "--option-sets",
-           "no_compile_layers", "--workdir", str(tmp_path / "work"), "--json", str(out)]
+           "no_compile", "--workdir", str(tmp_path / "work"), "--json", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -17,10 +17,15 @@ the end, the last ``keep_checkpoints`` kept), ``last.pt`` (the model file, at th
 Failure behaviour: a NaN/inf loss stops the run (NonFiniteLossError naming the step) without writing anything
 more, so the last checkpoint stays the last good one. With ``defer_host_sync`` (the default) the loss terms stay on
 the device and are read, and checked for NaN/inf, only at log, validation and save points (no per-step host
-sync); the run then stops at the next such point, before anything is written after the bad step. For tests, the environment variable
-``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``) right after optimizer step ``k``
-(with ``DPHUBERT_CRASH_RANK=r``: only rank ``r``). It fires once per experiment dir (it leaves
-``exp/<tag>/.crash_hook_fired``), so that a run that torchrun restarts (``--max_restarts``) can finish.
+sync); the run then stops at the next such point, before anything is written after the bad step.
+
+Speed options (config keys, README "Benchmarks"): ``defer_host_sync``, ``fused_adamw``, ``compile_layers`` (here)
+and ``teacher_precision`` (``OnlineTeacher``). ``timer`` (``dphubert.distill.timing.PhaseTimer``) splits each step
+into data, teacher, student (forward + backward), optimizer and logging time, for bench/gpu_train_speed.py.
+
+For tests, the environment variable ``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``)
+right after optimizer step ``k`` (with ``DPHUBERT_CRASH_RANK=r``: only rank ``r``). It fires once per experiment
+dir (it leaves ``exp/<tag>/.crash_hook_fired``), so that a run that torchrun restarts (``--max_restarts``) can finish.
 """
 
 from __future__ import annotations
@@ -147,9 +152,12 @@ class NonFiniteWatch:
 
 
 def compile_encoder_layers(model: torch.nn.Module, backend: str) -> None:
-    """``torch.compile`` every encoder layer in place (the state-dict keys stay as they are)."""
+    """``torch.compile`` every encoder layer in place (the state-dict keys stay as they are).
+
+    ``dynamic=True``: every batch has another (items, frames) shape; one graph for all of them instead of a
+    recompilation per new shape."""
     for layer in model.encoder.transformer.layers:
-        layer.compile(backend=backend)
+        layer.compile(backend=backend, dynamic=True)
 
 
 class Trainer:
@@ -157,7 +165,7 @@ class Trainer:
                  train_set: AudioDataset, crop_multiple: int, valid_set: Optional[AudioDataset] = None,
                  valid_teacher: Optional[TeacherFn] = None, timer=None):
         self.cfg = cfg
-        self.timer = timer or NullTimer()  # dphubert.distill.timing.PhaseTimer: the step split (bench/)
+        self.timer = timer or NullTimer()  # see the module docstring
         self.env = env
         self.exp_dir = Path(exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
@@ -172,8 +180,10 @@ class Trainer:
         self.valid_teacher = valid_teacher.to(self.device) if valid_teacher is not None else None
         if cfg["compile_layers"]:
             compile_encoder_layers(task.student, cfg["compile_layers"])
-            for model in {id(t.model): t.model for t in (teacher, valid_teacher) if isinstance(t, OnlineTeacher)}.values():
-                compile_encoder_layers(model, cfg["compile_layers"])
+            if isinstance(teacher, OnlineTeacher):
+                compile_encoder_layers(teacher.model, cfg["compile_layers"])
+            if isinstance(valid_teacher, OnlineTeacher) and valid_teacher is not teacher:
+                compile_encoder_layers(valid_teacher.model, cfg["compile_layers"])
         self.model = task
         if env.distributed:
             self.model = DistributedDataParallel(
@@ -329,9 +339,9 @@ class Trainer:
         return totals
 
     def _scalar(self, value: torch.Tensor) -> Any:
-        """A logged value: kept on the device (float64: sums as exact as Python's) or read now (a host sync)."""
+        """A logged value: kept where it is (float64: sums as exact as Python's) or read now (a host sync)."""
         value = value.detach()
-        return value.to(self.device, torch.float64) if self.cfg["defer_host_sync"] else float(value)
+        return value.double() if self.cfg["defer_host_sync"] else float(value)
 
     def _forward(self, batch: dict) -> Dict[str, torch.Tensor]:
         global_index = int(batch["step"]) * self.env.world_size + self.env.rank
