@@ -184,7 +184,11 @@ def measure(spec: dict) -> dict:
         argv += ["--student", work / "step2_student.pt"]
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # an earlier run in this process (--in-process)
         torch.cuda.reset_peak_memory_stats()
-    if module.main([str(a) for a in argv]) != 0:
+    try:
+        status = module.main([str(a) for a in argv])
+    finally:
+        distill_cli.Trainer = Trainer  # --in-process: leave the CLIs as they were
+    if status != 0:
         raise SystemExit(f"{spec['method']} failed (see {exp / 'exp' / 'train.log'})")
     trainer = BenchTrainer.last
     split = trainer.timer.summary(skip=spec["warmup"])
