@@ -96,7 +96,7 @@ def test_tiny_run_learns_loads_and_resumes_exactly(data_dir, tmp_path):
     again = run_cli("--data", str(data_dir), "--out", str(part), *TINY)
     assert again.returncode == 1 and "pass --resume" in again.stderr
     changed = run_cli("--data", str(data_dir), "--out", str(part), *TINY, "--resume", "--embed-dim", "64")
-    assert changed.returncode == 1 and "differs in student_config" in changed.stderr.strip().splitlines()[-1]
+    assert changed.returncode == 1 and "student_config.encoder_embed_dim: 32 -> 64" in changed.stderr.strip().splitlines()[-1]
     resumed = run_cli("--data", str(data_dir), "--out", str(part), "--valid", str(data_dir), *TINY, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     part_log = (part.parent / "train.log").read_text()

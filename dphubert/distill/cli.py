@@ -143,7 +143,7 @@ def run_training(args: argparse.Namespace, method: str,
     valid_set = None
     if args.valid is not None:
         valid_set = load_data(args.valid, cfg, args.skip_bad_audio, exp_dir / "skipped_valid.txt" if is_main else None)
-    online = OnlineTeacher(teacher, task.teacher_layers, task.layer0)
+    online = OnlineTeacher(teacher, task.teacher_layers, task.layer0, cfg["teacher_precision"])
     if args.teacher_feats is not None:
         reader = TeacherFeatureReader(args.teacher_feats)
         reader.check_compatible(task.teacher_layers, teacher.config["encoder_embed_dim"], stride, train_set.utt_ids,

@@ -56,6 +56,14 @@ OPTIONS: Dict[str, Option] = {
     "grad_clip": Option("float|null", "clip the global gradient norm to this value (null: no clipping)"),
     "accum_grad": Option("int", "batches accumulated per optimizer step"),
     "amp": Option("str", "mixed precision: none, fp16 (CUDA, with a GradScaler) or bf16", ("none", "fp16", "bf16")),
+    # speed (results equal to the plain path within float tolerance; README "Benchmarks")
+    "defer_host_sync": Option("bool", "keep the loss terms on the device and read / check them for NaN-inf only at "
+                                      "log, validation and save points (false: every step, a host sync each)"),
+    "teacher_precision": Option("str", "online teacher: amp (as the student: amp's autocast, fp32 weights) or "
+                                       "bf16 (bf16 weights, bf16 autocast, inference_mode)", ("amp", "bf16")),
+    "fused_adamw": Option("bool", "AdamW's fused kernel (one launch for all parameters) instead of foreach"),
+    "compile_layers": Option("str|null", "torch.compile every encoder layer (teacher and student) with this "
+                                         "backend, e.g. inductor; null: eager"),
     # distillation loss
     "l1_weight": Option("float", "weight of the L1 distance"),
     "cos_weight": Option("float", "weight of the cosine term"),
@@ -110,6 +118,7 @@ OPTIONS: Dict[str, Option] = {
 _COMMON = dict(
     seed=2022, min_seconds=2.0, max_seconds=15.6, batch_seconds=160.0, num_buckets=50, num_workers=4,
     weight_decay=0.0, grad_clip=10.0, accum_grad=1, amp="none",
+    defer_host_sync=True, teacher_precision="amp", fused_adamw=False, compile_layers=None,
     l1_weight=1.0, cos_weight=1.0, l2_weight=0.0, cos_type="raw", student_overrides={},
     log_interval=50, save_interval=1000, keep_checkpoints=3, valid_interval=1000, valid_max_batches=None,
 )
@@ -128,6 +137,7 @@ METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
         num_layers=4, embed_dim=256, num_heads=4, ffn_dim=1024, cnn_channels=128, pos_conv_kernel=32,
         pos_conv_groups=16, dropout=0.0, feature_grad_mult=0.1, num_clusters=50, kmeans_iters=30,
         kmeans_max_frames=100_000, mask_prob=0.65, mask_span=10, unmasked_weight=0.0,
+        defer_host_sync=True, fused_adamw=False, compile_layers=None,
         log_interval=25, save_interval=50, keep_checkpoints=2, valid_interval=100, valid_max_batches=4),
 }
 

@@ -62,20 +62,37 @@ def frozen(model: Wav2Vec2Model) -> Wav2Vec2Model:
 
 
 class OnlineTeacher:
-    """Runs the frozen teacher on the (cropped) batch itself; ``layer0`` as in ``Wav2Vec2Model.extract_features``."""
+    """Runs the frozen teacher on the (cropped) batch itself; ``layer0`` as in ``Wav2Vec2Model.extract_features``.
 
-    def __init__(self, model: Wav2Vec2Model, layers: Sequence[int], layer0: str = "transformer_input"):
+    ``precision="amp"``: fp32 weights, under whatever autocast the caller has (the student's ``amp``).
+    ``"bf16"``: weights stored in bf16 (no per-step weight casts, half the memory traffic), the forward under its
+    own bf16 autocast and ``inference_mode``; the targets come back as normal (not inference) tensors.
+    """
+
+    def __init__(self, model: Wav2Vec2Model, layers: Sequence[int], layer0: str = "transformer_input",
+                 precision: str = "amp"):
+        if precision not in ("amp", "bf16"):
+            raise ValueError(f"teacher precision must be amp or bf16, got {precision!r}")
         self.model = frozen(model)
         self.layers = list(layers)
         self.layer0 = layer0
+        self.precision = precision
 
     def to(self, device) -> "OnlineTeacher":
-        self.model.to(device)
+        self.model.to(device, torch.bfloat16 if self.precision == "bf16" else None)
         return self
 
-    @torch.no_grad()
     def __call__(self, batch: dict, waveforms: Tensor, num_frames: int) -> List[Tensor]:
         self.model.eval()
+        if self.precision == "bf16":
+            with torch.inference_mode(), torch.autocast(waveforms.device.type, dtype=torch.bfloat16):
+                states = self._states(waveforms, num_frames)
+            # Inference tensors cannot be saved for the student's backward: a clone outside inference_mode is normal.
+            return [state.clone() for state in states]
+        with torch.no_grad():
+            return self._states(waveforms, num_frames)
+
+    def _states(self, waveforms: Tensor, num_frames: int) -> List[Tensor]:
         states, _ = self.model.extract_features(waveforms, layer0=self.layer0)
         if states[0].size(1) != num_frames:
             raise TeacherMismatchError(f"teacher hidden states {tuple(states[0].shape)} vs student frames "

@@ -15,10 +15,17 @@ the end, the last ``keep_checkpoints`` kept), ``last.pt`` (the model file, at th
 ``tensorboard/``, ``training.png``.
 
 Failure behaviour: a NaN/inf loss stops the run (NonFiniteLossError naming the step) without writing anything
-more, so the last checkpoint stays the last good one. For tests, the environment variable
-``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``) right after optimizer step ``k``
-(with ``DPHUBERT_CRASH_RANK=r``: only rank ``r``). It fires once per experiment dir (it leaves
-``exp/<tag>/.crash_hook_fired``), so that a run that torchrun restarts (``--max_restarts``) can finish.
+more, so the last checkpoint stays the last good one. With ``defer_host_sync`` (the default) the loss terms stay on
+the device and are read, and checked for NaN/inf, only at log, validation and save points (no per-step host
+sync); the run then stops at the next such point, before anything is written after the bad step.
+
+Speed options (config keys, README "Benchmarks"): ``defer_host_sync``, ``fused_adamw``, ``compile_layers`` (here)
+and ``teacher_precision`` (``OnlineTeacher``). ``timer`` (``dphubert.distill.timing.PhaseTimer``) splits each step
+into data, teacher, student (forward + backward), optimizer and logging time, for bench/gpu_train_speed.py.
+
+For tests, the environment variable ``DPHUBERT_CRASH_AFTER_STEP=k`` makes the process die abruptly (``os._exit``)
+right after optimizer step ``k`` (with ``DPHUBERT_CRASH_RANK=r``: only rank ``r``). It fires once per experiment
+dir (it leaves ``exp/<tag>/.crash_hook_fired``), so that a run that torchrun restarts (``--max_restarts``) can finish.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, all_true, bar
 from .errors import DistillConfigError, NonFiniteLossError, ResumeError
 from .report import LOGGER_NAME, TensorBoard, plot_history
 from .tasks import DistillTask
+from .teacher import OnlineTeacher
+from .timing import NullTimer
 
 logger = logging.getLogger(f"{LOGGER_NAME}.trainer")
 
@@ -126,13 +135,46 @@ def check_fresh_experiment(exp_dir: Path) -> None:
                           f"continue it, or use another --exp / delete the directory")
 
 
+class NonFiniteWatch:
+    """Remembers on the device the first step whose loss was not finite, so that checking it needs no host sync."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+        self.utt_ids: Dict[int, List[str]] = {}  # step -> the first utterances of its batch, since the last check
+
+    def note(self, loss: torch.Tensor, step: int, utt_ids: List[str]) -> None:
+        newly_bad = ~torch.isfinite(loss) & (self.first_bad == 0)
+        self.first_bad = torch.where(newly_bad, step, self.first_bad)
+        self.bad_loss = torch.where(newly_bad, loss.float(), self.bad_loss)
+        self.utt_ids.setdefault(step, list(utt_ids[:4]))
+
+    def read(self) -> Optional[Dict[str, Any]]:
+        """``{"step", "loss", "utt_ids"}`` of the first non-finite loss since training began, or None (a host sync)."""
+        step = int(self.first_bad)
+        found = {"step": step, "loss": float(self.bad_loss), "utt_ids": self.utt_ids.get(step, [])} if step else None
+        self.utt_ids.clear()
+        return found
+
+
+def compile_encoder_layers(model: torch.nn.Module, backend: str) -> None:
+    """``torch.compile`` every encoder layer in place (the state-dict keys stay as they are).
+
+    ``dynamic=True``: every batch has another (items, frames) shape; one graph for all of them instead of a
+    recompilation per new shape."""
+    for layer in model.encoder.transformer.layers:
+        layer.compile(backend=backend, dynamic=True)
+
+
 class Trainer:
     def __init__(self, task: DistillTask, teacher: TeacherFn, cfg: Dict[str, Any], exp_dir: Path, env: DistEnv,
                  train_set: AudioDataset, crop_multiple: int, valid_set: Optional[AudioDataset] = None,
-                 valid_teacher: Optional[TeacherFn] = None, inputs: Optional[Dict[str, Dict[str, str]]] = None):
+                 valid_teacher: Optional[TeacherFn] = None, inputs: Optional[Dict[str, Dict[str, str]]] = None,
+                 timer=None):
         self.cfg = cfg
         # What a resume must find unchanged besides the task, e.g. {"teacher": {"path": ..., "digest": ...}}.
         self.inputs = inputs or {}
+        self.timer = timer or NullTimer()  # see the module docstring
         self.env = env
         self.exp_dir = Path(exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
@@ -146,12 +188,18 @@ class Trainer:
         self.task = task.to(self.device)
         self.teacher = teacher.to(self.device)
         self.valid_teacher = valid_teacher.to(self.device) if valid_teacher is not None else None
+        if cfg["compile_layers"]:
+            compile_encoder_layers(task.student, cfg["compile_layers"])
+            if isinstance(teacher, OnlineTeacher):
+                compile_encoder_layers(teacher.model, cfg["compile_layers"])
+            if isinstance(valid_teacher, OnlineTeacher) and valid_teacher is not teacher:
+                compile_encoder_layers(valid_teacher.model, cfg["compile_layers"])
         self.model = task
         if env.distributed:
             self.model = DistributedDataParallel(
                 task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=not task.uses_all_parameters())
-        self.optimizer = torch.optim.AdamW(task.param_groups(cfg), lr=cfg["lr"])
+        self.optimizer = torch.optim.AdamW(task.param_groups(cfg), lr=cfg["lr"], fused=cfg["fused_adamw"] or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupLinearDecay(cfg["warmup_steps"], cfg["max_steps"]))
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -170,6 +218,7 @@ class Trainer:
         self.position: Optional[Dict[str, int]] = None  # sampler state after the last optimizer step
         self.history: List[Dict[str, float]] = []
         self.last_checkpoint: Optional[Path] = None
+        self.nonfinite = NonFiniteWatch(self.device)
 
     # ----- public ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> Optional[Path]:
@@ -181,7 +230,7 @@ class Trainer:
         bar = tqdm(total=cfg["max_steps"], initial=self.step, desc=f"{self.task.method}", unit="step",
                    disable=not self.env.is_main, dynamic_ncols=True)
         crash_after = crash_step(self.env.rank, self.exp_dir)
-        sums: Dict[str, float] = defaultdict(float)
+        sums: Dict[str, Any] = defaultdict(float)  # device tensors (float64) unless defer_host_sync is off
         steps_in_window = 0
         micro_batches = self._micro_batches()
         self.task.train()
@@ -191,22 +240,31 @@ class Trainer:
                 self.step += 1
                 if crash_after and self.step == crash_after:
                     crash(self.exp_dir)  # test hook
-                for key, value in terms.items():
-                    sums[key] += value
-                steps_in_window += 1
-                bar.update(1)
-                bar.set_postfix(_postfix(terms), refresh=False)
-                if self.step % cfg["log_interval"] == 0 or self.step == cfg["max_steps"]:
-                    self._log({k: v / steps_in_window for k, v in sums.items()}, tensorboard)
-                    sums, steps_in_window = defaultdict(float), 0
-                if self.valid_loader is not None and (self.step % cfg["valid_interval"] == 0
-                                                      or self.step == cfg["max_steps"]):
-                    tensorboard.scalars("valid", self.validate(), self.step)
-                if self.step % cfg["save_interval"] == 0 and self.step < cfg["max_steps"]:
-                    self._save_checkpoint()
+                with self.timer("logging"):
+                    for key, value in terms.items():
+                        sums[key] = sums[key] + value
+                    steps_in_window += 1
+                    bar.update(1)
+                    if not cfg["defer_host_sync"]:
+                        bar.set_postfix(_postfix(_read(terms)), refresh=False)
+                    if self.step % cfg["log_interval"] == 0 or self.step == cfg["max_steps"]:
+                        self._check_finite()
+                        window = {k: v / steps_in_window for k, v in _read(sums).items()}
+                        self._log(window, tensorboard)
+                        bar.set_postfix(_postfix(window), refresh=False)
+                        sums, steps_in_window = defaultdict(float), 0
+                    if self.valid_loader is not None and (self.step % cfg["valid_interval"] == 0
+                                                          or self.step == cfg["max_steps"]):
+                        self._check_finite()
+                        tensorboard.scalars("valid", self.validate(), self.step)
+                    if self.step % cfg["save_interval"] == 0 and self.step < cfg["max_steps"]:
+                        self._check_finite()
+                        self._save_checkpoint()
+                self.timer.end_step()
         finally:
             bar.close()
             tensorboard.close()
+        self._check_finite()
         if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}.pt"):
             self._save_checkpoint()
         model_path = None
@@ -259,48 +317,74 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _train_step(self, micro_batches: Iterator[dict]) -> Dict[str, float]:
+    def _train_step(self, micro_batches: Iterator[dict]) -> Dict[str, Any]:
+        """One optimizer step; returns its terms as float64 tensors on the device (floats without defer_host_sync)."""
         accum = self.cfg["accum_grad"]
-        totals: Dict[str, float] = defaultdict(float)
+        totals: Dict[str, Any] = defaultdict(float)
         for i in range(accum):
-            batch = next(micro_batches)
+            with self.timer("data"):
+                batch = next(micro_batches)
             sync = i == accum - 1
             context = self.model.no_sync() if self.env.distributed and not sync else contextlib.nullcontext()
             with context:
                 out = self._forward(batch)
-                self.scaler.scale(out["loss"] / accum).backward()
+                with self.timer("student"):
+                    self.scaler.scale(out["loss"] / accum).backward()
             for key, value in out.items():
-                totals[key] += float(value.detach()) / accum
+                totals[key] = totals[key] + self._scalar(value) / accum
             self.position = {"epoch": int(batch["epoch"]), "position": int(batch["step"]) + 1,
                              "world_size": self.env.world_size, "seed": self.cfg["seed"]}
-        self.scaler.unscale_(self.optimizer)
-        if self.cfg["grad_clip"] is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["grad_clip"])
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        totals["grad_norm"] = float(norm)
+        with self.timer("optimizer"):
+            self.scaler.unscale_(self.optimizer)
+            if self.cfg["grad_clip"] is not None:
+                norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg["grad_clip"])
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        totals["grad_norm"] = self._scalar(norm)
         totals["lr"] = self.optimizer.param_groups[0]["lr"]
         return totals
+
+    def _scalar(self, value: torch.Tensor) -> Any:
+        """A logged value: kept where it is (float64: sums as exact as Python's) or read now (a host sync)."""
+        value = value.detach()
+        return value.double() if self.cfg["defer_host_sync"] else float(value)
 
     def _forward(self, batch: dict) -> Dict[str, torch.Tensor]:
         global_index = int(batch["step"]) * self.env.world_size + self.env.rank
         torch.manual_seed(batch_seed(self.cfg["seed"], int(batch["epoch"]), global_index))
         waveforms = batch["waveforms"].to(self.device, non_blocking=True)
         with self._autocast():
-            targets = self.teacher(batch, waveforms, self.task.num_frames(waveforms.size(1)))
-            out = self.model(waveforms, targets, self.step)
+            with self.timer("teacher"):
+                targets = self.teacher(batch, waveforms, self.task.num_frames(waveforms.size(1)))
+            with self.timer("student"):  # forward here, backward in _train_step
+                out = self.model(waveforms, targets, self.step)
         loss = out["loss"]
-        if not all_true(bool(torch.isfinite(loss.detach()).item()), self.env):
+        if self.cfg["defer_host_sync"]:
+            self.nonfinite.note(loss.detach(), self.step + 1, batch["utt_ids"])  # checked by _check_finite
+        elif not all_true(bool(torch.isfinite(loss.detach()).item()), self.env):
             last = self.last_checkpoint or "none (no checkpoint was written yet)"
             raise NonFiniteLossError(
                 f"step {self.step + 1}: the loss is not finite ({float(loss.detach()):.4g} on rank {self.env.rank}: "
                 f"{', '.join(batch['utt_ids'][:4])}); training stopped, the last good checkpoint is {last}; "
                 f"lower lr, check the audio, or use amp bf16/none and resume with --resume")
         return out
+
+    def _check_finite(self) -> None:
+        """Stop the run if a loss since the start was not finite (the deferred form of the check in _forward)."""
+        found = self.nonfinite.read()
+        if all_true(found is None, self.env):
+            return
+        found = dict(found, rank=self.env.rank) if found else None
+        bad = min((f for f in gather_objects(found, self.env) if f), key=lambda f: f["step"])
+        last = self.last_checkpoint or "none (no checkpoint was written yet)"
+        raise NonFiniteLossError(
+            f"step {bad['step']}: the loss is not finite ({bad['loss']:.4g} on rank {bad['rank']}: "
+            f"{', '.join(bad['utt_ids'])}); training stopped at step {self.step} before saving, the last good "
+            f"checkpoint is {last}; lower lr, check the audio, or use amp bf16/none and resume with --resume")
 
     def _log(self, values: Dict[str, float], tensorboard: TensorBoard) -> None:
         values = all_reduce_mean(values, self.env)
@@ -404,6 +488,11 @@ def _diff(old: Any, new: Any, prefix: str = "") -> str:
         else:
             parts.append(_changes({name: old.get(key)}, {name: new.get(key)}, [name]))
     return ", ".join(parts)
+
+
+def _read(values: Dict[str, Any]) -> Dict[str, float]:
+    """Device tensors to floats: the one host sync of a log window."""
+    return {k: float(v) for k, v in values.items()}
 
 
 def _format(values: Dict[str, float]) -> str:
