@@ -2,8 +2,9 @@
 
 ``exp/<tag>/train.log``      log lines (appended across resumes)
 ``exp/<tag>/tensorboard/``   scalars ``train/<term>``, ``valid/<term>`` (loss terms, expected vs target sparsity,
-                             lambdas, lr, expected params); view with ``tensorboard --logdir exp``
-``exp/<tag>/training.png``   loss, expected vs target sparsity and expected parameters over steps
+                             lambdas, lr, expected params and GMACs); view with ``tensorboard --logdir exp``
+``exp/<tag>/training.png``   loss, expected vs target sparsity (of parameters and MACs) and expected parameters
+                             and MACs over steps
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class TensorBoard:
 
 
 def plot_history(history: List[Dict[str, float]], path: Path) -> Optional[Path]:
-    """Loss, sparsity (expected vs target) and expected parameters over steps; returns the PNG path."""
+    """Loss, sparsity (expected vs target, params and MACs) and expected parameters / MACs over steps."""
     if not history:
         return None
     import matplotlib
@@ -78,9 +79,12 @@ def plot_history(history: List[Dict[str, float]], path: Path) -> Optional[Path]:
 
     steps = [h["step"] for h in history]
     panels = [("loss", ["loss", "distill"])]
-    if "expected_sparsity" in history[0]:
-        panels.append(("sparsity", ["expected_sparsity", "target_sparsity"]))
+    if "expected_sparsity" in history[0]:  # Step 1: params sparsity, and MACs sparsity where it was logged
+        panels.append(("sparsity", ["expected_sparsity", "target_sparsity", "expected_macs_sparsity",
+                                    "target_macs_sparsity"]))
         panels.append(("parameters", ["expected_params"]))
+        if "expected_gmacs" in history[0]:
+            panels.append(("GMACs per 10 s", ["expected_gmacs"]))
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True, squeeze=False)
     for ax, (title, keys) in zip(axes[:, 0], panels):
         for key in keys:
