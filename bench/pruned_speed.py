@@ -57,14 +57,16 @@ def scaled_config(full: dict, profile: Dict[str, List[float]], factor: float) ->
     def size(n: int, fraction: float) -> int:
         return max(1, min(n, int(round(n * min(1.0, factor * fraction)))))
 
+    def resized(sizes: List[int], fractions: List[float]) -> List[int]:
+        # A profile of another depth (e.g. the demo's 4 layers) is stretched over Base's 12.
+        return [size(n, fractions[i * len(fractions) // len(sizes)]) for i, n in enumerate(sizes)]
+
     cfg = json.loads(json.dumps(full))
-    layers = cfg["encoder_num_layers"]
-    pick = lambda values, i: values[int(i * len(values) / layers)]  # noqa: E731  (profiles of other depths)
-    for i, conv in enumerate(cfg["extractor_conv_layer_config"]):
-        conv[0] = size(conv[0], profile["cnn"][int(i * len(profile["cnn"]) / len(cfg["extractor_conv_layer_config"]))])
-    cfg["encoder_num_heads"] = [size(h, pick(profile["heads"], i)) for i, h in enumerate(cfg["encoder_num_heads"])]
-    cfg["encoder_ff_interm_features"] = [size(f, pick(profile["ffn"], i))
-                                         for i, f in enumerate(cfg["encoder_ff_interm_features"])]
+    convs = cfg["extractor_conv_layer_config"]
+    for conv, channels in zip(convs, resized([c[0] for c in convs], profile["cnn"])):
+        conv[0] = channels
+    cfg["encoder_num_heads"] = resized(cfg["encoder_num_heads"], profile["heads"])
+    cfg["encoder_ff_interm_features"] = resized(cfg["encoder_ff_interm_features"], profile["ffn"])
     return cfg
 
 

@@ -10,8 +10,8 @@ Prints the parameter counts before/after, checks that the real count equals the 
 the sparsity vs the teacher (its size from ``--teacher`` or the checkpoint's ``teacher_num_params`` key), the
 MACs for 10 s of audio (checked against the gates' deterministic MACs) and their sparsity vs the teacher's
 (``--teacher`` or the ``teacher_macs`` key), and the output gap of the pruned vs the gated model on a random 2 s
-input (pruning is exact except for the LayerNorm after a pruned last CNN layer; METHOD.md section 7); the gap is stored in
-summary.json as ``pruning_output_gap``.
+input (pruning is exact except for the LayerNorm after a pruned last CNN layer; METHOD.md section 7); the gap is
+stored in summary.json as ``pruning_output_gap``.
 
 A model without gates (already pruned, or never gated) is an error (exit 1): there is nothing to prune.
 """
