@@ -227,7 +227,8 @@ def markdown(points: Sequence[Point], tasks: Mapping[str, dict], latency_seconds
               f"CPU latency (ms, {latency_seconds:g} s)", "latency / teacher"]
     for task in task_names:
         metric = tasks[task]["metrics"][0]
-        header.append(f"{tasks[task].get('title', task)} {metric['name']} {'↑' if metric['higher_better'] else '↓'}")
+        arrow = "↑" if metric["higher_better"] else "↓"
+        header.append(f"{tasks[task].get('title', task)} {metric['name']} {arrow}")
     lines = ["# Pareto report of a target sweep", ""]
     if mode:
         lines.append(f"SUPERB mode of stage 5: **{mode}**" + (" (quick settings: a smoke test, not comparable with "

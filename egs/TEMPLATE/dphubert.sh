@@ -38,7 +38,7 @@ trust_checkpoint=false  # allow teacher pickles that need code to load (old fair
 dump_teacher=false      # stage 2: dump teacher features once instead of running the teacher online
 dump_layers=0,4,8,12    # teacher layers to dump (must cover the distillation targets)
 distill_prune_config=conf/distill_prune.yaml
-distill_prune_opts=     # stage 3: extra options of dphubert.bin.distill_prune, e.g. "--budget macs --target-sparsity 0.6"
+distill_prune_opts=     # stage 3: extra distill_prune options, e.g. "--budget macs --target-sparsity 0.6"
 targets=                # a target sweep, e.g. "params:0.5 macs:0.75" (README: target sweeps): stages 3-4 per target
                         # in exp/<tag>_<budget><target>, stage 5 once for all, exp/<sweep_tag>/PARETO.md
 sweep_tag=              # the sweep's dir exp/<sweep_tag> [<tag>_sweep]
