@@ -68,6 +68,13 @@ class TensorBoard:
             self.writer.close()
 
 
+# Step 1's sparsity curves: parameters in blue, MACs in orange, targets dashed.
+_CURVES = {"expected_sparsity": ("#4c72b0", "-", "params sparsity (expected)"),
+           "target_sparsity": ("#4c72b0", "--", "params target"),
+           "expected_macs_sparsity": ("#dd8452", "-", "MACs sparsity (expected)"),
+           "target_macs_sparsity": ("#dd8452", "--", "MACs target")}
+
+
 def plot_history(history: List[Dict[str, float]], path: Path) -> Optional[Path]:
     """Loss, sparsity (expected vs target, params and MACs) and expected parameters / MACs over steps."""
     if not history:
@@ -89,7 +96,9 @@ def plot_history(history: List[Dict[str, float]], path: Path) -> Optional[Path]:
     for ax, (title, keys) in zip(axes[:, 0], panels):
         for key in keys:
             if key in history[0]:
-                ax.plot(steps, [h.get(key, float("nan")) for h in history], label=key)
+                color, style, label = _CURVES.get(key, (None, "-", key))
+                ax.plot(steps, [h.get(key, float("nan")) for h in history], label=label, color=color,
+                        linestyle=style)
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
