@@ -240,7 +240,8 @@ def markdown(points: Sequence[Point], tasks: Mapping[str, dict], latency_seconds
               "Metrics: stage 5's test-set values, ± the half-width of the 95% interval where results.json has one.",
               "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for p in points:
-        row = [p.name, p.target.label if p.target else "-",
+        target = "-" if p.target is None else p.target.label if p.kind == "dphubert" else f"size of {p.target.label}"
+        row = [p.name, target,
                _num(p.params, 1e6), _sparsity(p.params, teacher.params), _num(p.macs, 1e9),
                _sparsity(p.macs, teacher.macs), _num(p.latency, 1e-3, ".0f"),
                f"{p.latency / teacher.latency:.2f}" if p.latency and teacher.latency else "-"]
