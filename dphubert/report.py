@@ -47,8 +47,10 @@ def _layer_sizes(cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def model_summary(model, teacher_params: Optional[int] = None,
-                  original: Union[Dict[str, Any], Any, None] = None) -> Dict[str, Any]:
-    """Parameters, sparsity vs the teacher, MACs for 10 s, kept heads / FFN units / CNN channels.
+                  original: Union[Dict[str, Any], Any, None] = None,
+                  teacher_macs: Optional[float] = None) -> Dict[str, Any]:
+    """Parameters, sparsity vs the teacher, MACs for 10 s (and their sparsity vs ``teacher_macs``, the teacher's
+    MACs for 10 s), kept heads / FFN units / CNN channels.
 
     ``model``: a ``Wav2Vec2Model``. A gated model is described at its current (full) size, with
     ``deterministic_params`` telling what pruning would leave.
@@ -70,6 +72,8 @@ def model_summary(model, teacher_params: Optional[int] = None,
         "layers": _layer_sizes(cfg),
         "cnn_channels": [c[0] for c in cfg["extractor_conv_layer_config"]],
     }
+    summary["teacher_macs"] = teacher_macs
+    summary["macs_sparsity"] = None if not teacher_macs else 1.0 - summary["macs"]["total"] / teacher_macs
     summary["total_heads"] = sum(layer["heads"] for layer in summary["layers"])
     summary["total_ffn_units"] = sum(layer["ffn_units"] for layer in summary["layers"])
     if original is not None:
@@ -104,6 +108,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
     line = f"MACs for {summary['macs_seconds']:g} s of audio: {macs['total'] / 1e9:.2f} G"
     if "original" in summary:
         line += f" (before pruning {summary['original']['macs']['total'] / 1e9:.2f} G)"
+    if summary.get("macs_sparsity") is not None:
+        line += f"; MACs sparsity vs teacher ({summary['teacher_macs'] / 1e9:.2f} G): {summary['macs_sparsity']:.4f}"
     lines.append(line)
     heads = " ".join(str(layer["heads"]) if layer["attention"] else "-" for layer in summary["layers"])
     units = " ".join(str(layer["ffn_units"]) if layer["feed_forward"] else "-" for layer in summary["layers"])
@@ -118,6 +124,8 @@ def _title(summary: Dict[str, Any]) -> str:
     if summary["sparsity"] is not None:
         title += f", sparsity {summary['sparsity']:.3f} vs teacher {_millions(summary['teacher_params'])}"
     title += f", {summary['macs']['total'] / 1e9:.2f} GMACs per {summary['macs_seconds']:g} s"
+    if summary.get("macs_sparsity") is not None:
+        title += f" (MACs sparsity {summary['macs_sparsity']:.3f})"
     return title
 
 

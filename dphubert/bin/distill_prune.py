@@ -3,13 +3,15 @@
 The student starts as a copy of the teacher with HardConcrete gates on the unit kinds of ``prune_units``
 (conv channels, attention heads, FFN units, ...). Loss: layer-to-layer distillation (student layer i, through a
 linear projection initialised to the identity, regresses teacher layer i with L1 - cosine) plus the Lagrangian
-regulariser that drives the expected sparsity to ``target_sparsity`` (METHOD.md sections 5, 6, 8).
+regulariser that drives the expected sparsity to ``target_sparsity`` (METHOD.md sections 5, 6, 8). ``budget``
+says of what: parameters (``params``, the paper), MACs for 10 s of audio (``macs``) or both (``params+macs``,
+the MACs target in ``macs_target_sparsity``); both sparsities are logged whatever the budget.
 
 Usage::
 
     python -m dphubert.bin.distill_prune --config conf/distill_prune.yaml --teacher teacher.pt \\
         --data data/train --valid data/dev --exp exp/dphubert [--teacher-feats dump/teacher/train] \\
-        [--resume] [--skip-bad-audio] [--max-steps 1000 --target-sparsity 0.5 ...]
+        [--resume] [--skip-bad-audio] [--max-steps 1000 --target-sparsity 0.5 ...] [--budget macs]
     torchrun --nproc_per_node 4 -m dphubert.bin.distill_prune ...        # DDP, one process per GPU
 
 Every config key is also an option (``--target-sparsity 0.6``). Output: ``exp/<tag>/last.pt``, a model file of
@@ -17,7 +19,7 @@ the gated student (``dphubert.models.load_model`` reads it) with ``distill_linea
 groups) and ``teacher_num_params``; next step:
 ``python -m dphubert.bin.prune --ckpt exp/<tag>/last.pt --out exp/<tag>/pruned.pt``. Also ``config.yaml``,
 ``train.log``, ``tensorboard/``, ``training.png``, ``checkpoints/``. A target sparsity above what the unprunable
-parts allow is refused at start with the maximum.
+parts allow (for parameters or MACs) is refused at start with the maximum.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from typing import List, Optional
 
 from dphubert.distill.cli import check_teacher_student, run_cli, run_training, training_parser
 from dphubert.distill.projections import LayerProjections, resolve_layers_and_groups
-from dphubert.distill.sparsity import LagrangianRegularizer, check_target_sparsity
+from dphubert.distill.sparsity import MACS_SECONDS, LagrangianRegularizer, budget_quantities, check_budget
 from dphubert.distill.students import gated_student
 from dphubert.distill.tasks import LayerDistillTask, loss_weights
+from dphubert.models.macs import count_macs
 
 METHOD = "distill_prune"
 logger = logging.getLogger("dphubert.distill_prune")
@@ -46,13 +49,23 @@ def build_task(cfg, teacher, args) -> LayerDistillTask:
     student = gated_student(teacher, cfg["prune_units"], cfg["student_overrides"])
     check_teacher_student(teacher, student, layers)
     teacher_params = teacher.num_params()
-    maximum = check_target_sparsity(student, teacher_params, cfg["target_sparsity"])
-    logger.info("target sparsity %.4f (maximum reachable %.4f with prune_units %s); distilling layers %s "
-                "(layer 0: %s), projection groups %s", cfg["target_sparsity"], maximum, cfg["prune_units"], layers,
+    teacher_macs = int(count_macs(teacher, MACS_SECONDS)["total"])
+    budget = cfg["budget"]
+    quantities = budget_quantities(budget)
+    targets = {quantities[0]: cfg["target_sparsity"]}
+    if len(quantities) == 2:
+        targets["macs"] = cfg["macs_target_sparsity"]
+    maxima = check_budget(student, budget, targets, teacher_params, teacher_macs)
+    logger.info("budget %s: target %s (maximum reachable: params sparsity %.4f, MACs sparsity %.4f with prune_units "
+                "%s; teacher %s params, %.3g GMACs per %g s); distilling layers %s (layer 0: %s), projection groups "
+                "%s", budget, ", ".join(f"{q} sparsity {t:.4f}" for q, t in targets.items()), maxima["params"],
+                maxima["macs"], cfg["prune_units"], f"{teacher_params:,}", teacher_macs / 1e9, MACS_SECONDS, layers,
                 cfg["layer0"], groups)
     dim_s, dim_t = student.config["encoder_embed_dim"], teacher.config["encoder_embed_dim"]
     projections = LayerProjections(layers, groups, dim_s, dim_t)
-    regularizer = LagrangianRegularizer(teacher_params, cfg["target_sparsity"], cfg["sparsity_warmup_steps"])
+    regularizer = LagrangianRegularizer(teacher_params, cfg["target_sparsity"], cfg["sparsity_warmup_steps"],
+                                        budget=budget, teacher_macs=teacher_macs,
+                                        macs_target_sparsity=cfg["macs_target_sparsity"])
     return LayerDistillTask(student, projections, loss_weights(cfg), regularizer, method=METHOD, layer0=cfg["layer0"])
 
 
@@ -60,10 +73,12 @@ def _main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     path, task = run_training(args, METHOD, build_task, argv)
     if path is not None:
-        student = task.student
-        logger.info("gated student: expected %.0f params, %d after pruning (teacher %d); next: "
-                    "python -m dphubert.bin.prune --ckpt %s --out %s", float(student.expected_num_params().detach()),
-                    student.deterministic_num_params(), task.regularizer.teacher_num_params, path,
+        student, reg = task.student, task.regularizer
+        logger.info("gated student: expected %.0f params, %d after pruning (teacher %d); expected %.4g GMACs per %g s, "
+                    "%.4g after pruning (teacher %.4g); next: python -m dphubert.bin.prune --ckpt %s --out %s",
+                    float(student.expected_num_params().detach()), student.deterministic_num_params(),
+                    reg.teacher_num_params, float(student.expected_macs(MACS_SECONDS).detach()) / 1e9, MACS_SECONDS,
+                    student.deterministic_macs(MACS_SECONDS) / 1e9, reg.teacher_macs / 1e9, path,
                     path.with_name("pruned.pt"))
 
 

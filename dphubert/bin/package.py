@@ -19,7 +19,8 @@ from dphubert.models import (CheckpointError, atomic_save, load_model, model_fro
                              save_model)
 from dphubert.models.checkpoint import extra_entries
 from dphubert.models.release import release_checkpoint
-from dphubert.report import format_summary, model_summary, plot_architecture, write_summary
+from dphubert.models.macs import count_macs
+from dphubert.report import MACS_SECONDS, format_summary, model_summary, plot_architecture, write_summary
 
 
 
@@ -38,10 +39,14 @@ def run(args) -> dict:
     if model.gates():
         raise CheckpointError(f"{args.model}: still has pruning gates; prune it first "
                               f"(python -m dphubert.bin.prune --ckpt {args.model} --out pruned.pt)")
-    teacher_params = load_model(args.teacher).num_params() if args.teacher else ckpt.get("teacher_num_params")
+    teacher = load_model(args.teacher) if args.teacher else None
+    teacher_params = teacher.num_params() if teacher else ckpt.get("teacher_num_params")
+    teacher_macs = count_macs(teacher, MACS_SECONDS)["total"] if teacher else ckpt.get("teacher_macs")
     extra = extra_entries(ckpt)
     if teacher_params is not None:
         extra["teacher_num_params"] = int(teacher_params)
+    if teacher_macs is not None:
+        extra["teacher_macs"] = int(teacher_macs)
     out = Path(args.out)
     try:
         save_model(model, out, extra)
@@ -54,7 +59,7 @@ def run(args) -> dict:
         except OSError as e:
             raise CheckpointError(f"{args.release_out}: cannot write it ({e.strerror or e}); choose another "
                                   f"--release-out") from None
-    summary = model_summary(model, teacher_params)
+    summary = model_summary(model, teacher_params, teacher_macs=teacher_macs)
     summary["source"] = str(args.model)
     write_summary(summary, out.parent / "summary.json")
     plot_architecture(summary, out.parent / "architecture.png")

@@ -8,9 +8,10 @@ Writes ``--out`` (a normal model file; every extra key of the input, e.g. ``dist
 Step 2 can carry the projections over) and, next to it, ``summary.json`` and ``architecture.png``.
 Prints the parameter counts before/after, checks that the real count equals the gates' deterministic count,
 the sparsity vs the teacher (its size from ``--teacher`` or the checkpoint's ``teacher_num_params`` key), the
-MACs for 10 s of audio, and the output gap of the pruned vs the gated model on a random 2 s input (pruning is
-exact except for the LayerNorm after a pruned last CNN layer; METHOD.md section 7); the gap is stored in
-summary.json as ``pruning_output_gap``.
+MACs for 10 s of audio (checked against the gates' deterministic MACs) and their sparsity vs the teacher's
+(``--teacher`` or the ``teacher_macs`` key), and the output gap of the pruned vs the gated model on a random 2 s
+input (pruning is exact except for the LayerNorm after a pruned last CNN layer; METHOD.md section 7); the gap is
+stored in summary.json as ``pruning_output_gap``.
 
 A model without gates (already pruned, or never gated) is an error (exit 1): there is nothing to prune.
 """
@@ -25,7 +26,8 @@ import torch
 from dphubert.models import CheckpointError, PruningError, load_model, model_from_checkpoint, read_checkpoint
 from dphubert.models import save_model
 from dphubert.models.checkpoint import extra_entries
-from dphubert.report import format_summary, model_summary, plot_architecture, write_summary
+from dphubert.models.macs import count_macs
+from dphubert.report import MACS_SECONDS, format_summary, model_summary, plot_architecture, write_summary
 
 GAP_SECONDS = 2.0
 
@@ -63,10 +65,12 @@ def output_gap(gated, pruned, seconds: float = GAP_SECONDS, seed: int = 0) -> Di
 
 
 def teacher_size(args, ckpt: Dict[str, Any]):
+    """The teacher's parameters and MACs for 10 s of audio (None where neither --teacher nor the file says)."""
     if args.teacher:
-        return load_model(args.teacher, args.trust_checkpoint).num_params()
-    value = ckpt.get("teacher_num_params")
-    return int(value) if value is not None else None
+        teacher = load_model(args.teacher, args.trust_checkpoint)
+        return teacher.num_params(), int(count_macs(teacher, MACS_SECONDS)["total"])
+    params, macs = ckpt.get("teacher_num_params"), ckpt.get("teacher_macs")
+    return (int(params) if params is not None else None), (int(macs) if macs is not None else None)
 
 
 def run(args) -> Dict[str, Any]:
@@ -77,7 +81,7 @@ def run(args) -> Dict[str, Any]:
     if not gated.gates():
         raise PruneError(f"{args.ckpt}: the model has no gates, so there is nothing to prune (it is already pruned "
                          f"or was never gated); use the file as it is")
-    teacher_params = teacher_size(args, ckpt)
+    teacher_params, teacher_macs = teacher_size(args, ckpt)
     deterministic = gated.deterministic_num_params()
     pruned = gated.prune()
     real = pruned.num_params()
@@ -85,7 +89,10 @@ def run(args) -> Dict[str, Any]:
         raise PruneError(f"{args.ckpt}: the pruned model has {real:,} params but the gates predicted "
                          f"{deterministic:,}; please report this")
 
-    summary = model_summary(pruned, teacher_params, original=gated)
+    if count_macs(pruned, MACS_SECONDS)["total"] != gated.deterministic_macs(MACS_SECONDS):
+        raise PruneError(f"{args.ckpt}: the pruned model's MACs differ from the gates' deterministic count; "
+                         f"please report this")
+    summary = model_summary(pruned, teacher_params, original=gated, teacher_macs=teacher_macs)
     summary["gated_params"] = gated.num_params()
     summary["source"] = str(args.ckpt)
     summary["pruning_output_gap"] = output_gap(gated, pruned, seed=args.seed)
@@ -94,6 +101,8 @@ def run(args) -> Dict[str, Any]:
     extra = extra_entries(ckpt)
     if teacher_params is not None:
         extra["teacher_num_params"] = teacher_params
+    if teacher_macs is not None:
+        extra["teacher_macs"] = teacher_macs
     save_model(pruned, out, extra)
     write_summary(summary, out.parent / "summary.json")
     plot_architecture(summary, out.parent / "architecture.png")

@@ -81,7 +81,12 @@ OPTIONS: Dict[str, Option] = {
     "student_overrides": Option("dict", "model config keys replaced in the student (e.g. encoder_layer_drop)"),
     # pruning (distill_prune)
     "prune_units": Option("list", f"gated unit kinds, any of {sorted(PRUNE_UNITS)}"),
-    "target_sparsity": Option("float", "final target sparsity 1 - params / teacher params"),
+    "budget": Option("str", "what the target constrains: params (1 - params / teacher params, the paper), macs "
+                            "(1 - MACs / teacher MACs for 10 s of audio) or params+macs (both; the MACs target is "
+                            "macs_target_sparsity)", ("params", "macs", "params+macs")),
+    "target_sparsity": Option("float", "final target sparsity of the budget's quantity: 1 - params / teacher params "
+                                       "(budget params, params+macs) or 1 - MACs / teacher MACs (budget macs)"),
+    "macs_target_sparsity": Option("float|null", "budget params+macs only: final target 1 - MACs / teacher MACs"),
     "sparsity_warmup_steps": Option("int", "steps over which the target rises linearly from 0"),
     "reg_lr": Option("float", "learning rate of the gates' log_alpha and of the Lagrange multipliers"),
     # DistilHuBERT baseline
@@ -126,7 +131,8 @@ _COMMON = dict(
 METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "distill_prune": dict(_COMMON, max_steps=50000, lr=2e-4, warmup_steps=15000, distill_layers=None,
                           layer0="transformer_input", projection_groups=None, prune_units=["conv", "head", "interm"],
-                          target_sparsity=0.75, sparsity_warmup_steps=5000, reg_lr=0.02),
+                          budget="params", target_sparsity=0.75, macs_target_sparsity=None,
+                          sparsity_warmup_steps=5000, reg_lr=0.02),
     "final_distill": dict(_COMMON, max_steps=25000, lr=1e-4, warmup_steps=5000, layer0=None),
     "distilhubert": dict(_COMMON, max_steps=200000, lr=2e-4, warmup_steps=14000, cos_type="log_sig",
                          pred_layers=None, num_layers=None, ffn_width=None, target_params=None),
@@ -225,8 +231,14 @@ def _check_ranges(cfg: Dict[str, Any], method: str, source: str) -> None:
                                      f"got {cfg['prune_units']}")
         if cfg["layer0"] is None:
             raise DistillConfigError(f"{source}: layer0 must be transformer_input or projection, got null")
-        if not 0.0 <= cfg["target_sparsity"] < 1.0:
-            raise DistillConfigError(f"{source}: target_sparsity must be in [0, 1), got {cfg['target_sparsity']}")
+        for key in ("target_sparsity", "macs_target_sparsity"):
+            if cfg[key] is not None and not 0.0 < cfg[key] < 1.0:
+                raise DistillConfigError(f"{source}: key '{key}' must be in (0, 1) (a fraction of the teacher's "
+                                         f"size to remove), got {cfg[key]}")
+        if (cfg["budget"] == "params+macs") != (cfg["macs_target_sparsity"] is not None):
+            raise DistillConfigError(
+                f"{source}: key 'macs_target_sparsity' is {cfg['macs_target_sparsity']} with budget "
+                f"{cfg['budget']}; it is the MACs target of budget params+macs only (set both, or neither)")
         if cfg["sparsity_warmup_steps"] < 0:
             raise DistillConfigError(f"{source}: sparsity_warmup_steps must be >= 0")
 

@@ -2,8 +2,9 @@
 
 ``exp/<tag>/train.log``      log lines (appended across resumes)
 ``exp/<tag>/tensorboard/``   scalars ``train/<term>``, ``valid/<term>`` (loss terms, expected vs target sparsity,
-                             lambdas, lr, expected params); view with ``tensorboard --logdir exp``
-``exp/<tag>/training.png``   loss, expected vs target sparsity and expected parameters over steps
+                             lambdas, lr, expected params and GMACs); view with ``tensorboard --logdir exp``
+``exp/<tag>/training.png``   loss, expected vs target sparsity (of parameters and MACs) and expected parameters
+                             and MACs over steps
 """
 
 from __future__ import annotations
@@ -67,8 +68,15 @@ class TensorBoard:
             self.writer.close()
 
 
+# Step 1's sparsity curves: parameters in blue, MACs in orange, targets dashed.
+_CURVES = {"expected_sparsity": ("#4c72b0", "-", "params sparsity (expected)"),
+           "target_sparsity": ("#4c72b0", "--", "params target"),
+           "expected_macs_sparsity": ("#dd8452", "-", "MACs sparsity (expected)"),
+           "target_macs_sparsity": ("#dd8452", "--", "MACs target")}
+
+
 def plot_history(history: List[Dict[str, float]], path: Path) -> Optional[Path]:
-    """Loss, sparsity (expected vs target) and expected parameters over steps; returns the PNG path."""
+    """Loss, sparsity (expected vs target, params and MACs) and expected parameters / MACs over steps."""
     if not history:
         return None
     import matplotlib
@@ -78,9 +86,12 @@ def plot_history(history: List[Dict[str, float]], path: Path) -> Optional[Path]:
 
     steps = [h["step"] for h in history]
     panels = [("loss", ["loss", "distill"])]
-    if "expected_sparsity" in history[0]:
-        panels.append(("sparsity", ["expected_sparsity", "target_sparsity"]))
+    if "expected_sparsity" in history[0]:  # Step 1: params sparsity, and MACs sparsity where it was logged
+        panels.append(("sparsity", ["expected_sparsity", "target_sparsity", "expected_macs_sparsity",
+                                    "target_macs_sparsity"]))
         panels.append(("parameters", ["expected_params"]))
+        if "expected_gmacs" in history[0]:
+            panels.append(("GMACs per 10 s", ["expected_gmacs"]))
     if "masked_accuracy" in history[0]:  # HuBERT pretraining
         panels = [("loss", ["loss", "masked_loss", "unmasked_loss"]),
                   ("accuracy", ["masked_accuracy", "unmasked_accuracy"])]
@@ -88,7 +99,9 @@ def plot_history(history: List[Dict[str, float]], path: Path) -> Optional[Path]:
     for ax, (title, keys) in zip(axes[:, 0], panels):
         for key in keys:
             if key in history[0]:
-                ax.plot(steps, [h.get(key, float("nan")) for h in history], label=key)
+                color, style, label = _CURVES.get(key, (None, "-", key))
+                ax.plot(steps, [h.get(key, float("nan")) for h in history], label=label, color=color,
+                        linestyle=style)
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)

@@ -82,6 +82,8 @@ class LayerDistillTask(DistillTask):
         described = super().describe()
         if self.layer0 != DistillTask.layer0:  # (only then, so that older checkpoints still resume)
             described["layer0"] = self.layer0
+        if self.regularizer is not None and self.regularizer.budget != "params":  # (the same)
+            described["budget"] = self.regularizer.budget
         return described
 
     def forward(self, waveforms: Tensor, targets: List[Tensor], step: int) -> Dict[str, Tensor]:
@@ -103,7 +105,7 @@ class LayerDistillTask(DistillTask):
         if self.regularizer is not None:
             groups.append({"name": "log_alpha", "params": self.student.gate_parameters(), "lr": cfg["reg_lr"],
                            "weight_decay": 0.0})
-            groups.append({"name": "lambda", "params": [self.regularizer.lambda1, self.regularizer.lambda2],
+            groups.append({"name": "lambda", "params": self.regularizer.multipliers(),
                            "lr": cfg["reg_lr"], "weight_decay": 0.0, "maximize": True})
         return groups
 
@@ -111,8 +113,11 @@ class LayerDistillTask(DistillTask):
         meta = dict(self.projections.metadata(), method=self.method, layer0=self.layer0)
         extra = {"distill_linear_projs": self.projections.per_layer_state_dict(), "distill": meta}
         if self.regularizer is not None:
-            meta["target_sparsity"] = self.regularizer.target_sparsity
+            meta.update(budget=self.regularizer.budget, target_sparsity=self.regularizer.target_sparsity,
+                        targets=dict(self.regularizer.targets))
             extra["teacher_num_params"] = self.regularizer.teacher_num_params  # read by dphubert.bin.prune
+            if self.regularizer.teacher_macs is not None:
+                extra["teacher_macs"] = self.regularizer.teacher_macs  # (10 s of audio) read by it too
         return checkpoint_dict(self.student, extra=extra)
 
 

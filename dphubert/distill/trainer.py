@@ -501,6 +501,8 @@ def _format(values: Dict[str, float]) -> str:
 
 def _postfix(terms: Dict[str, float]) -> Dict[str, str]:
     postfix = {"loss": f"{terms['loss']:.3f}"}
-    if "expected_sparsity" in terms:
-        postfix["sparsity"] = f"{terms['expected_sparsity']:.3f}/{terms['target_sparsity']:.3f}"
+    if "expected_sparsity" in terms:  # expected/target of the constrained quantities (MACs: "macs")
+        for key, name in (("", "sparsity"), ("_macs", "macs")):
+            if f"target{key}_sparsity" in terms:
+                postfix[name] = f"{terms[f'expected{key}_sparsity']:.3f}/{terms[f'target{key}_sparsity']:.3f}"
     return postfix

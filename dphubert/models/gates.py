@@ -73,3 +73,13 @@ class HardConcrete(nn.Module):
             soft = soft.clone()
             soft[smallest] = 0.0
         return soft
+
+
+def gate_units(gate, full: int, mode: str):
+    """How many units a gated structure has: its ``full`` size without a gate, else its expected L0 (a tensor,
+    ``mode="expected"``) or its deterministic survivors (an int, ``mode="deterministic"``)."""
+    if gate is None:
+        return full
+    if mode == "expected":
+        return gate.l0_norm()
+    return gate.n - gate.num_zeros()

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from . import components as C
 from .config import is_wavlm, normalize_config
-from .gates import HardConcrete
+from .gates import HardConcrete, gate_units
+from .macs import gated_macs
 
 # What hidden state 0 is: the transformer input (HF / s3prl, our default) or the feature-projection output
 # before the positional conv (the reference DPHuBERT code).
@@ -101,6 +102,16 @@ class Wav2Vec2Model(nn.Module):
         """Parameter count of the model that ``prune()`` would return (from the eval-mode masks)."""
         return int(round(float(count_params(self, "deterministic"))))
 
+    def expected_macs(self, seconds: float = 10.0) -> Tensor:
+        """Expected MACs of one forward on ``seconds`` of audio under the gates' L0 distribution (differentiable in
+        ``log_alpha``; the counting of ``dphubert.models.macs``, attention's frames-squared terms included)."""
+        total = gated_macs(self, "expected", seconds)["total"]
+        return total if torch.is_tensor(total) else torch.tensor(float(total))
+
+    def deterministic_macs(self, seconds: float = 10.0) -> int:
+        """MACs of the model that ``prune()`` would return: ``count_macs(model.prune(), seconds)["total"]``."""
+        return int(gated_macs(self, "deterministic", seconds)["total"])
+
     def num_params(self) -> int:
         """Real number of parameters, gates excluded."""
         return sum(p.numel() for p in self.main_parameters())
@@ -162,13 +173,7 @@ def _build_layer(cfg: Dict[str, Any], i: int) -> C.EncoderLayer:
 
 
 # ----- parameter counting (METHOD.md section 4) ----------------------------------------------------------------
-def _units(gate: Optional[HardConcrete], full: int, mode: str):
-    """How many units a gated structure has: its full size, its expected L0, or its deterministic survivors."""
-    if gate is None:
-        return full
-    if mode == "expected":
-        return gate.l0_norm()
-    return gate.n - gate.num_zeros()
+_units = gate_units
 
 
 def count_params(model: Wav2Vec2Model, mode: str):

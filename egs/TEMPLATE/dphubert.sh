@@ -38,6 +38,10 @@ trust_checkpoint=false  # allow teacher pickles that need code to load (old fair
 dump_teacher=false      # stage 2: dump teacher features once instead of running the teacher online
 dump_layers=0,4,8,12    # teacher layers to dump (must cover the distillation targets)
 distill_prune_config=conf/distill_prune.yaml
+distill_prune_opts=     # stage 3: extra distill_prune options, e.g. "--budget macs --target-sparsity 0.6"
+targets=                # a target sweep, e.g. "params:0.5 macs:0.75" (README: target sweeps): stages 3-4 per target
+                        # in exp/<tag>_<budget><target>, stage 5 once for all, exp/<sweep_tag>/PARETO.md
+sweep_tag=              # the sweep's dir exp/<sweep_tag> [<tag>_sweep]
 final_distill_config=conf/final_distill.yaml
 baseline=false          # stage 4: also train the DistilHuBERT-style baseline of the same size
 distilhubert_config=conf/distilhubert.yaml
@@ -61,10 +65,13 @@ Options (defaults in brackets):
   --teacher PATH --teacher_format hf|fairseq|torchaudio|dphubert|pretrain [--teacher_tag NAME]
   --dump_teacher true|false      dump teacher features in stage 2 [${dump_teacher}]
   --distill_prune_config / --final_distill_config / --distilhubert_config FILE
+  --distill_prune_opts \"...\"     extra distill_prune options (e.g. \"--budget macs --target-sparsity 0.6\")
+  --targets \"params:0.5 macs:0.75\"  a target sweep: one exp dir per target, then exp/<sweep_tag>/PARETO.md
   --baseline true|false          also train the DistilHuBERT-style baseline [${baseline}]
   --superb_tasks \"ks ic ...\"     SUPERB tasks of stage 5
   --config FILE                  read option defaults from FILE
 e.g.: ./run.sh --stage 3 --stop_stage 4 --ngpu 4
+      ./run.sh --targets \"params:0.5 params:0.75 macs:0.6 macs:0.75\"              # a sweep and its Pareto report
       ./run.sh --stage 3 --stop_stage 4 --ngpu 8 --num_nodes 2 --max_restarts 2   # cmd_backend=slurm"
 
 . utils/parse_options.sh
@@ -194,6 +201,52 @@ resume_flag() {
     fi
 }
 
+# ---- a target sweep (--targets): this script again per target, stage 5 once, the Pareto report ----
+if [ -n "${targets}" ]; then
+    sweep_dir=exp/${sweep_tag:-${tag}_sweep}
+    # The plan: "<tag> <distill_prune options>" per target; an item that does not parse (or, once the teacher
+    # exists, a target the student cannot reach) fails here in one line.
+    plan=$(${python} -m dphubert.bin.sweep plan --targets "${targets}" --prefix "${tag}" --teacher "${teacher_pt}" \
+        --config "${distill_prune_config}") || exit 1
+    again() { eval "./dphubert.sh ${_orig_args} --targets '' $*"; }
+    if [ "${stage}" -le 2 ]; then
+        again --stop_stage $(( stop_stage < 2 ? stop_stage : 2 )) --tag "$(basename "${sweep_dir}")"
+    fi
+    models="teacher=${teacher_pt}"
+    while read -r t_tag t_opts; do
+        if [ "${stop_stage}" -ge 3 ]; then
+            if stage_done "exp/${t_tag}" 4; then
+                log "Sweep: exp/${t_tag} finished stages 3-4; skipped (--force true reruns it)"
+            else
+                log "Sweep: stages 3-4 of target ${t_tag} (${t_opts})"
+                again --stage $(( stage > 3 ? stage : 3 )) --stop_stage $(( stop_stage < 4 ? stop_stage : 4 )) \
+                    --tag "${t_tag}" --superb_tasks "''" --distill_prune_opts "'${distill_prune_opts} ${t_opts}'"
+            fi
+        fi
+        models="${models} ${t_tag}=exp/${t_tag}/final/model.pt"
+        [ "${baseline}" = false ] || models="${models} ${t_tag}_distilhubert=exp/${t_tag}/distilhubert/model.pt"
+    done <<< "${plan}"
+    results=
+    if [ "${stop_stage}" -ge 5 ] && [ -n "${superb_tasks}" ]; then
+        # One stage 5 over the teacher and every target's models: the teacher is evaluated once, and pairs
+        # finished before (same model file) are kept by superb_stage.
+        superb_force=""
+        [ "${force}" = true ] && superb_force="--force"
+        log "Sweep: SUPERB tasks '${superb_tasks}' of ${models} -> ${sweep_dir}/superb (log: ${sweep_dir}/superb.log)"
+        mkdir -p "${sweep_dir}"
+        ${cuda_cmd} --gpu "$(( ngpu > 0 ? 1 : 0 ))" "${sweep_dir}/superb.log" \
+            ${python} -m dphubert.bin.superb_stage --tasks "${superb_tasks}" --models ${models} \
+            --out "${sweep_dir}/superb" ${superb_opts} ${superb_force}
+        results="--results ${sweep_dir}/superb/results.json"
+    fi
+    if [ "${stop_stage}" -ge 4 ]; then
+        ${python} -m dphubert.bin.sweep report --targets "${targets}" --prefix "${tag}" --teacher "${teacher_pt}" \
+            --out "${sweep_dir}" ${results}
+        log "Sweep: ${sweep_dir}/PARETO.md and pareto.png"
+    fi
+    exit 0
+fi
+
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
     stage_started
     if stage_done "${teacher_dir}" 0; then
@@ -263,7 +316,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         ${cuda_cmd} $(train_opts) "$(train_log distill_prune)" \
             $(launcher distill_prune 0) -m dphubert.bin.distill_prune --config "${distill_prune_config}" \
             --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
-            --exp "${expdir}" ${feats} $(resume_flag "${expdir}")
+            --exp "${expdir}" ${feats} ${distill_prune_opts} $(resume_flag "${expdir}")
         if [ "${node_rank}" -eq 0 ]; then
             log "Stage 3: physical pruning -> ${expdir}/pruned.pt"
             ${python} -m dphubert.bin.prune --ckpt "${expdir}/last.pt" --out "${expdir}/pruned.pt" \
