@@ -36,7 +36,7 @@ pretrain_config=conf/pretrain_hubert.yaml   # teacher_format=pretrain only
 trust_checkpoint=false  # allow teacher pickles that need code to load (old fairseq files)
 
 dump_teacher=false      # stage 2: dump teacher features once instead of running the teacher online
-dump_layers=0,4,8,12    # teacher layers to dump (must cover the distillation targets)
+dump_layers=            # teacher layers to dump; empty: those Step 1 distils (distill_prune_config's distill_layers)
 distill_prune_config=conf/distill_prune.yaml
 final_distill_config=conf/final_distill.yaml
 baseline=false          # stage 4: also train the DistilHuBERT-style baseline of the same size
@@ -60,6 +60,7 @@ Options (defaults in brackets):
   --force true|false             rerun finished stages [${force}]
   --teacher PATH --teacher_format hf|fairseq|torchaudio|dphubert|pretrain [--teacher_tag NAME]
   --dump_teacher true|false      dump teacher features in stage 2 [${dump_teacher}]
+  --dump_layers 0,4,8,12         layers to dump [empty: the distill_layers and layer0 of --distill_prune_config]
   --distill_prune_config / --final_distill_config / --distilhubert_config FILE
   --baseline true|false          also train the DistilHuBERT-style baseline [${baseline}]
   --superb_tasks \"ks ic ...\"     SUPERB tasks of stage 5
@@ -69,6 +70,8 @@ e.g.: ./run.sh --stage 3 --stop_stage 4 --ngpu 4
 
 . utils/parse_options.sh
 [ $# -eq 0 ] || die "unexpected argument '$1' (options look like --stage 3; see --help)"
+# The Python stages' error messages then name this script's options (--resample true) rather than their flags.
+export DPHUBERT_RECIPE=1
 . ./path.sh
 . ./cmd.sh
 
@@ -244,12 +247,16 @@ fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ "${dump_teacher}" = true ]; then
     stage_started
-    for dset in ${train_set} ${valid_set}; do
-        log "Stage 2: dumping teacher layers ${dump_layers} of data/${dset} -> dump/teacher/${dset}"
-        ${train_cmd} "${logdir}/dump_teacher_${dset}.log" \
-            ${python} -m dphubert.bin.dump_teacher --teacher "${teacher_pt}" --data "data/${dset}" \
-            --layers "${dump_layers}" --out "dump/teacher/${dset}"
-    done
+    # The layers (and what layer 0 is) come from the Step-1 config stage 3 trains with: one source of truth, and a
+    # --dump_layers that misses one of them stops before any audio is read. Only the training set is dumped:
+    # stage 3 validates with the online teacher.
+    layers_opt=""
+    [ -z "${dump_layers}" ] || layers_opt="--layers ${dump_layers}"
+    log "Stage 2: dumping the teacher layers ${distill_prune_config} distils${dump_layers:+ (--dump_layers ${dump_layers})}" \
+        "of data/${train_set} -> dump/teacher/${train_set} (log: ${logdir}/dump_teacher_${train_set}.log)"
+    ${train_cmd} "${logdir}/dump_teacher_${train_set}.log" \
+        ${python} -m dphubert.bin.dump_teacher --teacher "${teacher_pt}" --data "data/${train_set}" \
+        --config "${distill_prune_config}" ${layers_opt} --out "dump/teacher/${train_set}"
     stage_finished 2
 fi
 
