@@ -114,8 +114,11 @@ teacher_pt=${teacher_dir}/teacher.pt
 logdir=${expdir}/logs
 mkdir -p "${logdir}"
 
-# A stage's .done marker makes reruns skip it; --force true (or deleting the marker) reruns it.
+# A stage's .done marker makes reruns skip it; --force true (or deleting the marker) reruns it. A stage that starts
+# work removes its marker first, so that a run killed midway (a --force rerun too) is not taken for a finished one:
+# the next plain run does the stage again, and its training runs resume from their checkpoints.
 stage_done() { [ "${force}" = false ] && [ -f "$1/.done.$2" ]; }
+start_work() { [ "${node_rank}" -gt 0 ] || rm -f "$1/.done.$2"; }
 mark_done() { [ "${node_rank}" -gt 0 ] || touch "$1/.done.$2"; }
 # Before a long stage, leave a script that reruns it with the same options (as ESPnet does).
 write_rerun_script() {
@@ -179,7 +182,8 @@ stage_skipped() { _stage_ran=false; }  # after the log line saying why
 stage_finished() {
     [ "${_stage_ran}" = true ] && [ "${node_rank}" -eq 0 ] || return 0
     local times="${expdir}/stage_times.txt"
-    { [ -f "${times}" ] && grep -v "^stage $1:" "${times}"; echo "stage $1: $(( SECONDS - _stage_t0 )) s"; } \
+    # (grep finds no other line when this stage is the only one timed so far: not an error)
+    { [ -f "${times}" ] && grep -v "^stage $1:" "${times}" || true; echo "stage $1: $(( SECONDS - _stage_t0 )) s"; } \
         | sort -k2,2n > "${times}.tmp"
     mv "${times}.tmp" "${times}"
 }
@@ -203,6 +207,7 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
         log "Stage 0: teacher ready (${teacher_pt}); skipped (--force true reruns it)"; stage_skipped
     else
         mkdir -p "${teacher_dir}"
+        start_work "${teacher_dir}" 0
         if [ "${teacher_format}" = pretrain ]; then
             log "Stage 0: pretraining a small HuBERT teacher on data/${train_set}" \
                 "(log: ${teacher_dir}/logs/pretrain.log)"
@@ -233,6 +238,8 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if stage_done data 1; then
         log "Stage 1: data ready; skipped (--force true reruns it)"; stage_skipped
     else
+        mkdir -p data
+        start_work data 1
         log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
         local/data.sh ${local_data_opts}
         for dset in ${train_set} ${valid_set} ${test_sets}; do
@@ -267,6 +274,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     if stage_done "${expdir}" 3; then
         log "Stage 3: ${expdir}/pruned.pt exists; skipped (--force true reruns it)"; stage_skipped
     else
+        start_work "${expdir}" 3
         write_rerun_script 3
         feats=""
         [ "${dump_teacher}" = true ] && feats="--teacher-feats dump/teacher/${train_set}"
@@ -288,10 +296,13 @@ fi
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     stage_started
     # (the other nodes do not wait here: node 0 may still be pruning, their training starts when node 0 joins)
-    [ -f "${expdir}/pruned.pt" ] || [ "${node_rank}" -gt 0 ] || die "${expdir}/pruned.pt is missing: run stage 3 first"
+    # (a pruned.pt without .done.3 is left from a stage 3 killed midway)
+    [ "${node_rank}" -gt 0 ] || { [ -f "${expdir}/pruned.pt" ] && [ -f "${expdir}/.done.3" ]; } \
+        || die "${expdir}/pruned.pt is missing or stage 3 did not finish (no ${expdir}/.done.3): run stage 3 first"
     if stage_done "${expdir}" 4; then
         log "Stage 4: ${expdir}/final/model.pt exists; skipped (--force true reruns it)"; stage_skipped
     else
+        start_work "${expdir}" 4
         write_rerun_script 4
         log "Stage 4: final distillation -> ${expdir}/final (log: $(train_log final_distill))"
         ${cuda_cmd} $(train_opts) "$(train_log final_distill)" \
@@ -321,7 +332,8 @@ fi
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; then
     stage_started
-    [ -f "${expdir}/final/model.pt" ] || die "${expdir}/final/model.pt is missing: run stage 4 first"
+    { [ -f "${expdir}/final/model.pt" ] && [ -f "${expdir}/.done.4" ]; } \
+        || die "${expdir}/final/model.pt is missing or stage 4 did not finish (no ${expdir}/.done.4): run stage 4 first"
     models="teacher=${teacher_pt} dphubert=${expdir}/final/model.pt"
     [ -f "${expdir}/distilhubert/model.pt" ] && models="${models} distilhubert=${expdir}/distilhubert/model.pt"
     # The marker holds what was evaluated: other tasks, options or models (or a model retrained since: its size
@@ -331,6 +343,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; th
     if [ "${force}" = false ] && [ "$(cat "${expdir}/.done.5" 2>/dev/null)" = "${superb_run}" ]; then
         log "Stage 5: ${expdir}/superb/RESULTS.md is up to date; skipped (--force true reruns it)"; stage_skipped
     else
+        start_work "${expdir}" 5
         log "Stage 5: SUPERB tasks '${superb_tasks}' -> ${expdir}/superb (log: ${logdir}/superb.log)"
         superb_force=""
         [ "${force}" = true ] && superb_force="--force"  # else pairs finished before are kept
