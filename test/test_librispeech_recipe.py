@@ -174,6 +174,7 @@ def test_stage2_dumps_the_layers_step1_distils_for_every_setup(tmp_path):
     result = run(["./run.sh", "--config", "conf/hubert_large.sh", "--stage", "2", "--stop_stage", "2",
                   "--dump_teacher", "true", "--dump_layers", "0,4,8,12"], large)
     assert result.returncode != 0
+    assert "--dump_layers (a run.sh option) 0,4,8,12 lacks layers [16, 24]" in result.stderr  # on the console too
     log = (large / "exp" / "hubert_large_sp0.75" / "logs" / "dump_teacher_train960.log").read_text()
     assert "--dump_layers (a run.sh option) 0,4,8,12 lacks layers [16, 24]" in log, log
     assert "Traceback" not in log and not (large / "dump").exists()

@@ -233,6 +233,24 @@ def test_run_pl_failed_jobs_give_exit_1_and_message(tmp_path):
     assert (tmp_path / "log/f.3.log").read_text().splitlines()[-1].startswith("# Ended (code 1)")
 
 
+FAILING_JOB = """echo starting
+printf 'step 1\\rstep 2\\n'
+[ "$1" -ne 2 ] || { echo 'Traceback (most recent call last):'; echo '  File "x.py", line 1'; echo "ValueError: bad input $1"; exit 1; }
+"""
+
+
+def test_run_pl_failure_shows_the_failing_logs_error_lines(tmp_path):
+    (tmp_path / "job.sh").write_text(FAILING_JOB)
+    result = run([RUN_PL, "JOB=1:3", "log/e.JOB.log", "bash", "job.sh", "JOB"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["run.pl: 1 / 3 failed, log is in log/e.*.log",
+                                          "run.pl: log/e.2.log: Traceback (most recent call last):",
+                                          "run.pl: log/e.2.log: ValueError: bad input 2"]
+    # No line names an error: the last line of output (a progress bar's last redraw).
+    result = run([RUN_PL, "log/q.log", "bash", "-c", "printf 'bar 1\\rbar 2\\n'; exit 3"], tmp_path)
+    assert result.stderr.splitlines()[1:] == ["run.pl: log/q.log: bar 2"]
+
+
 def test_run_pl_pipeline_failure_counts(tmp_path):
     result = run([RUN_PL, "log/p.log", "false", "|", "cat"], tmp_path)
     assert result.returncode == 1
@@ -361,6 +379,15 @@ def test_slurm_pl_reports_failed_tasks(tmp_path, slurm_env):
     assert result.returncode == 1
     assert result.stderr.strip() == "slurm.pl: 1 / 3 failed, log is in log/f.*.log"
     assert (tmp_path / "log/f.2.log").read_text().splitlines()[-1].startswith("# Ended (code 1)")
+
+
+def test_slurm_pl_failure_shows_the_failing_logs_error_lines(tmp_path, slurm_env):
+    (tmp_path / "job.sh").write_text(FAILING_JOB)
+    result = run([SLURM_PL, "JOB=1:3", "log/e.JOB.log", "bash", "job.sh", "JOB"], tmp_path, env=slurm_env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["slurm.pl: 1 / 3 failed, log is in log/e.*.log",
+                                          "slurm.pl: log/e.2.log: Traceback (most recent call last):",
+                                          "slurm.pl: log/e.2.log: ValueError: bad input 2"]
 
 
 def test_slurm_pl_counts_cancelled_task_despite_old_log(tmp_path, slurm_env):

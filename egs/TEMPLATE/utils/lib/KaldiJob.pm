@@ -13,7 +13,7 @@ use warnings;
 use Cwd qw(getcwd);
 use Exporter qw(import);
 
-our @EXPORT_OK = qw(parse_job_args job_script log_file ended_code usage_error);
+our @EXPORT_OK = qw(parse_job_args job_script log_file ended_code error_lines usage_error);
 
 # Prints "<program>: <message>", then the usage text, to stderr and exits 1.
 sub usage_error {
@@ -132,6 +132,26 @@ sub ended_code {
     }
     close($fh);
     return $code;
+}
+
+# What a failed job's log says about why, for the console: its last lines that name an error (error, Traceback,
+# exception, killed, failed, out of memory), else its last line of output; at most $max lines, the launcher's
+# "# " lines left out, a progress bar's redraws cut to the last one.
+sub error_lines {
+    my ($log_file, $max) = @_;
+    open(my $fh, '<', $log_file) or return ();
+    my @lines;
+    while (my $line = <$fh>) {
+        chomp $line;
+        $line =~ s/.*\r//;
+        next if $line =~ /^# / || $line !~ /\S/;
+        $line = substr($line, 0, 400) . ' ...' if length($line) > 400;
+        push @lines, $line;
+    }
+    close($fh);
+    my @errors = grep { /error|traceback|exception|killed|failed|out of memory/i } @lines;
+    my @shown = @errors ? @errors : @lines ? ($lines[-1]) : ();
+    return @shown > $max ? @shown[-$max .. -1] : @shown;
 }
 
 1;
