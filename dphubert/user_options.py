@@ -5,8 +5,8 @@ reached from three places, and each has its own spelling of the fix:
 
 - the recipes' stage script (``egs/TEMPLATE/dphubert.sh``): a run.sh option, ``--resample true``; the script
   exports ``DPHUBERT_RECIPE=1`` for every command it runs, so the CLIs below it speak of its options;
-- a command-line tool (``python -m dphubert.bin.<stage>``): its flag, ``--resample``; the CLIs call
-  ``use_cli_names()`` at start;
+- a command-line tool (``python -m dphubert.bin.<stage>``): its flag, ``--resample``; the CLIs run their work
+  inside ``with cli_names():``;
 - Python code: the keyword argument, ``resample=True`` (the default).
 
 ``fix_option("resample")`` returns the spelling for the current place.
@@ -14,7 +14,9 @@ reached from three places, and each has its own spelling of the fix:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 RECIPE_ENV = "DPHUBERT_RECIPE"
 
@@ -22,17 +24,22 @@ RECIPE_ENV = "DPHUBERT_RECIPE"
 _SPELLINGS = {
     "resample": ("resample=True", "--resample", "--resample true"),
     "downmix": ("downmix=True", "--downmix", "--downmix true"),
-    "skip_bad_audio": ("skip_bad_audio=True", "--skip-bad-audio", "--skip_bad_audio true"),
+    "skip_bad_audio": ("check_audio(skip_bad=True)", "--skip-bad-audio", "--skip_bad_audio true"),
     "dump_layers": ("layers=[...]", "--layers", "--dump_layers"),
 }
 
 _place = "python"
 
 
-def use_cli_names() -> None:
-    """Called by the CLIs: messages name their flags (unless the recipe runs them, see the module docstring)."""
+@contextlib.contextmanager
+def cli_names() -> Iterator[None]:
+    """Inside it, messages name the CLI flags (unless the recipe runs the CLI, see the module docstring)."""
     global _place
-    _place = "cli"
+    before, _place = _place, "cli"
+    try:
+        yield
+    finally:
+        _place = before
 
 
 def in_recipe() -> bool:

@@ -77,7 +77,7 @@ def test_empty_corpus_path_is_one_clear_line(tmp_path):
 
 
 def test_missing_subset_is_named(tmp_path):
-    make_fake_librispeech(tmp_path / "LibriSpeech", subsets=["train-clean-100", "dev-clean"])
+    make_fake_librispeech(tmp_path / "LibriSpeech", subsets=["train-clean-100"])
     recipe = recipe_copy(tmp_path, str(tmp_path / "LibriSpeech"))
     result = run(["local/data.sh", "--sets", "train100,dev"], recipe)
     assert result.returncode != 0
@@ -178,3 +178,36 @@ def test_stage2_dumps_the_layers_step1_distils_for_every_setup(tmp_path):
     log = (large / "exp" / "hubert_large_sp0.75" / "logs" / "dump_teacher_train960.log").read_text()
     assert "--dump_layers (a run.sh option) 0,4,8,12 lacks layers [16, 24]" in log, log
     assert "Traceback" not in log and not (large / "dump").exists()
+
+
+def test_audio_errors_name_the_option_of_where_the_user_is(tmp_path, capsys):
+    """A 44.1 kHz file and an unreadable one: stage 1 names the run.sh options, prepare_data its own flags."""
+    from dphubert.bin import prepare_data
+
+    make_fake_librispeech(tmp_path / "LibriSpeech", subsets=["train-clean-100"])
+    folder = tmp_path / "LibriSpeech" / "train-clean-100" / "100" / "7"
+    sf.write(folder / "100-7-0008.flac", np.zeros(44100, "float32"), 44100)
+    (folder / "100-7-0009.flac").write_bytes(b"not audio")
+    with open(folder / "100-7.trans.txt", "a") as f:
+        f.write("100-7-0008 LOUD\n100-7-0009 BROKEN\n")
+    recipe = recipe_copy(tmp_path, str(tmp_path / "LibriSpeech"))
+    stage1 = ["./run.sh", "--stage", "1", "--stop_stage", "1", "--nj", "1", "--train_set", "train100",
+              "--valid_set", "train100", "--test_sets", "", "--local_data_opts", "--sets train100"]
+    result = run(stage1, recipe)
+    assert result.returncode != 0, result.stderr
+    assert "44100 Hz, expected 16000 Hz" in result.stderr and "pass --resample true (a run.sh option)" in result.stderr
+    assert "skip them with --skip_bad_audio true (a run.sh option)" in result.stderr
+    assert "resample=True" not in result.stderr and "--skip-bad-audio" not in result.stderr
+
+    result = run([*stage1, "--resample", "true", "--skip_bad_audio", "true"], recipe)
+    assert result.returncode == 0, result.stderr
+    skipped = (recipe / "data" / "train100" / "skipped_audio.txt").read_text().splitlines()
+    assert [line.split()[0] for line in skipped] == ["100-7-0009"]
+    counts = dict(line.split() for line in (recipe / "data" / "train100" / "utt2num_samples").read_text().splitlines())
+    assert counts["100-7-0008"] == "16000" and "100-7-0009" not in counts
+    assert "100-7-0009" not in (recipe / "data" / "train100" / "wav.scp").read_text()  # left out of the dir
+
+    # The same data dir through the CLI: its own flags.
+    assert prepare_data.main(["--data", str(recipe / "data" / "train100"), "--nj", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "pass --resample" in err and "or skip them with --skip-bad-audio" in err and "run.sh" not in err

@@ -35,7 +35,7 @@ from dphubert.distill.report import setup_logging
 from dphubert.distill.students import load_teacher
 from dphubert.distill.teacher import dump_teacher_features
 from dphubert.models.model import LAYER0_CHOICES
-from dphubert.user_options import fix_option, use_cli_names
+from dphubert.user_options import fix_option
 
 PROG = "python -m dphubert.bin.dump_teacher"
 
@@ -89,7 +89,6 @@ def layers_to_dump(args: argparse.Namespace, num_layers: int) -> Tuple[List[int]
 
 
 def _main(argv: Optional[List[str]] = None) -> None:
-    use_cli_names()
     args = get_parser().parse_args(argv)
     log = setup_logging(None, True)
     teacher = load_teacher(args.teacher, args.trust_checkpoint)

@@ -50,6 +50,7 @@ from tqdm import tqdm
 from dphubert.data import (AudioDataset, AudioError, BucketBatchSampler, CropCollator, DataDirError, check_audio,
                            make_dataloader, read_audio)
 from dphubert.models import Wav2Vec2Model, atomic_save, base_config, save_model
+from dphubert.user_options import cli_names
 
 FRAME_SAMPLES = 320  # the model's frame shift: 20 ms at 16 kHz
 CHECKPOINT_NAME = "pretrain_checkpoint.pt"
@@ -108,6 +109,8 @@ def get_parser() -> argparse.ArgumentParser:
     train.add_argument("--min-seconds", type=float, default=1.0, help="shorter utterances are left out")
     train.add_argument("--max-seconds", type=float, default=16.0, help="longer utterances are left out")
     train.add_argument("--skip-bad-audio", action="store_true", help="drop unreadable utterances instead of failing")
+    train.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
+    train.add_argument("--downmix", action="store_true", help="average multi-channel audio instead of failing")
     train.add_argument("--num-workers", type=int, default=1, help="audio reading processes")
     train.add_argument("--num-threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     train.add_argument("--seed", type=int, default=1)
@@ -359,7 +362,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(args.seed)
 
     try:
-        dataset = AudioDataset(args.data, min_seconds=args.min_seconds, max_seconds=args.max_seconds, nj=2)
+        dataset = AudioDataset(args.data, min_seconds=args.min_seconds, max_seconds=args.max_seconds, nj=2,
+                               resample=args.resample, downmix=args.downmix)
     except (DataDirError, AudioError):
         raise
     except ValueError as error:  # e.g. no utterance within --min-seconds/--max-seconds
@@ -456,8 +460,9 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
-        args = parse_args(argv)
-        train(args)
+        with cli_names():  # error messages name this CLI's flags
+            args = parse_args(argv)
+            train(args)
     except (PretrainError, DataDirError, AudioError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -28,6 +28,10 @@ train_set=              # data/<train_set>: distillation data
 valid_set=              # data/<valid_set>: validation during training
 test_sets=              # other data sets local/data.sh prepares
 local_data_opts=        # options passed to local/data.sh
+resample=false          # accept audio that is not 16 kHz (resampled when read) in every stage that reads data/<set>
+downmix=false           # accept multi-channel audio (channels averaged when read)
+skip_bad_audio=false    # leave out unreadable/empty utterances instead of failing: stage 1 lists them in
+                        # data/<set>/skipped_audio.txt and drops them from data/<set> (the training stages too)
 
 teacher=                # stage 0: the teacher checkpoint (HF dir, fairseq .pt, torchaudio state dict, ours)
 teacher_tag=teacher     # stage 0 writes exp/<teacher_tag>/teacher.pt
@@ -58,6 +62,9 @@ Options (defaults in brackets):
   --nj N                         parallel data jobs [${nj}]
   --tag NAME                     experiment dir exp/NAME [from the config file names]
   --force true|false             rerun finished stages [${force}]
+  --resample / --downmix / --skip_bad_audio true|false
+                                 audio that is not 16 kHz / not mono / unreadable: resample, average the
+                                 channels, leave it out (listed in data/<set>/skipped_audio.txt) [false]
   --teacher PATH --teacher_format hf|fairseq|torchaudio|dphubert|pretrain [--teacher_tag NAME]
   --dump_teacher true|false      dump teacher features in stage 2 [${dump_teacher}]
   --dump_layers 0,4,8,12         layers to dump [empty: the distill_layers and layer0 of --distill_prune_config]
@@ -96,6 +103,15 @@ if [ "${num_nodes}" -gt 1 ] && [ "${cmd_backend}" != slurm ]; then
 elif [ "${node_rank}" != 0 ]; then
     die "--node_rank ${node_rank} is for --num_nodes > 1 without SLURM (with cmd_backend=slurm, srun starts the nodes)"
 fi
+# How every stage that reads data/<set> treats audio it cannot take as it is (the same flags in each CLI).
+audio_opts=""
+for _opt in resample downmix skip_bad_audio; do
+    case "${!_opt}" in
+        true) audio_opts="${audio_opts} --${_opt//_/-}" ;;
+        false) ;;
+        *) die "--${_opt} must be true or false, got '${!_opt}'" ;;
+    esac
+done
 # torch shares one rendezvous store across torchrun's restarts, where a restarted group can read the lost workers'
 # addresses and fail once more: with restarts, every attempt gets a fresh store.
 [ "${max_restarts}" -eq 0 ] || export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
@@ -219,7 +235,7 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
             fi
             ${train_cmd} --num-threads "${nj}" "${teacher_dir}/logs/pretrain.log" \
                 ${python} -m dphubert.bin.pretrain_hubert --config "${pretrain_config}" \
-                --data "data/${train_set}" --out "${teacher_pt}" --resume
+                --data "data/${train_set}" --out "${teacher_pt}" --resume ${audio_opts}
         else
             [ -n "${teacher}" ] || die "--teacher is empty: name the teacher checkpoint (run.sh or db.sh)"
             [ -e "${teacher}" ] || die "teacher checkpoint '${teacher}' does not exist; fix --teacher in run.sh"
@@ -240,12 +256,22 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     else
         mkdir -p data
         start_work data 1
+        # utt2num_samples and skipped_audio.txt are this stage's outputs: ones left from an earlier run (with other
+        # utterances, or without the skipped ones) would fail the check of the data dirs local/data.sh writes again.
+        for dset in ${train_set} ${valid_set} ${test_sets}; do
+            rm -f "data/${dset}/utt2num_samples" "data/${dset}/skipped_audio.txt"
+        done
         log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
         local/data.sh ${local_data_opts}
         for dset in ${train_set} ${valid_set} ${test_sets}; do
             utils/validate_data_dir.sh "data/${dset}"
             log "Stage 1: checking audio and writing data/${dset}/utt2num_samples"
-            ${python} -m dphubert.bin.prepare_data --data "data/${dset}" --nj "${nj}"
+            ${python} -m dphubert.bin.prepare_data --data "data/${dset}" --nj "${nj}" ${audio_opts}
+            if [ -f "data/${dset}/skipped_audio.txt" ]; then  # (--skip_bad_audio true): the dir stays consistent
+                log "Stage 1: leaving the $(wc -l < "data/${dset}/skipped_audio.txt") utterance(s) of" \
+                    "data/${dset}/skipped_audio.txt out of data/${dset} (originals in data/${dset}/.backup/)"
+                utils/fix_data_dir.sh "data/${dset}"
+            fi
         done
         mark_done data 1
     fi
@@ -263,7 +289,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ "${dump_teacher}" = true ]
         "of data/${train_set} -> dump/teacher/${train_set} (log: ${logdir}/dump_teacher_${train_set}.log)"
     ${train_cmd} "${logdir}/dump_teacher_${train_set}.log" \
         ${python} -m dphubert.bin.dump_teacher --teacher "${teacher_pt}" --data "data/${train_set}" \
-        --config "${distill_prune_config}" ${layers_opt} --out "dump/teacher/${train_set}"
+        --config "${distill_prune_config}" ${layers_opt} --out "dump/teacher/${train_set}" ${audio_opts}
     stage_finished 2
 fi
 
@@ -282,7 +308,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         ${cuda_cmd} $(train_opts) "$(train_log distill_prune)" \
             $(launcher distill_prune 0) -m dphubert.bin.distill_prune --config "${distill_prune_config}" \
             --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
-            --exp "${expdir}" ${feats} $(resume_flag "${expdir}")
+            --exp "${expdir}" ${feats} ${audio_opts} $(resume_flag "${expdir}")
         if [ "${node_rank}" -eq 0 ]; then
             log "Stage 3: physical pruning -> ${expdir}/pruned.pt"
             ${python} -m dphubert.bin.prune --ckpt "${expdir}/last.pt" --out "${expdir}/pruned.pt" \
@@ -308,7 +334,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
         ${cuda_cmd} $(train_opts) "$(train_log final_distill)" \
             $(launcher final_distill 1) -m dphubert.bin.final_distill --config "${final_distill_config}" \
             --student "${expdir}/pruned.pt" --teacher "${teacher_pt}" --data "data/${train_set}" \
-            --valid "data/${valid_set}" --exp "${expdir}/final" $(resume_flag "${expdir}/final")
+            --valid "data/${valid_set}" --exp "${expdir}/final" ${audio_opts} $(resume_flag "${expdir}/final")
         if [ "${node_rank}" -eq 0 ]; then
             ${python} -m dphubert.bin.package --model "${expdir}/final/last.pt" --teacher "${teacher_pt}" \
                 --out "${expdir}/final/model.pt" --release-out "${expdir}/final/model_release.pth"
@@ -318,7 +344,8 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
             ${cuda_cmd} $(train_opts) "$(train_log distilhubert)" \
                 $(launcher distilhubert 2) -m dphubert.bin.distilhubert --config "${distilhubert_config}" \
                 --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
-                --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" $(resume_flag "${expdir}/distilhubert")
+                --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" ${audio_opts} \
+                $(resume_flag "${expdir}/distilhubert")
             if [ "${node_rank}" -eq 0 ]; then
                 ${python} -m dphubert.bin.package --model "${expdir}/distilhubert/last.pt" \
                     --teacher "${teacher_pt}" --out "${expdir}/distilhubert/model.pt"
