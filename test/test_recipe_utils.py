@@ -584,13 +584,31 @@ def recipe(tmp_path):
 
 
 def test_setup_copies_skeleton_and_links_shared_parts(recipe):
-    for name in ("run.sh", "db.sh", "cmd.sh", "path.sh", "conf/slurm.conf", "local/data.sh"):
+    for name in ("run.sh", "db.sh", "cmd.sh", "path.sh", "conf/slurm.conf", "local/data.sh", "conf/distill_prune.yaml",
+                 "conf/final_distill.yaml", "conf/distilhubert.yaml"):
         assert (recipe / name).read_text() == (TEMPLATE / "skeleton" / name).read_text()
     assert os.access(recipe / "run.sh", os.X_OK) and os.access(recipe / "local/data.sh", os.X_OK)
     for name in ("utils", "dphubert.sh"):
         link = recipe / name
         assert link.is_symlink() and not os.readlink(link).startswith("/")
         assert Path(os.path.realpath(link)) == (TEMPLATE / name).resolve()
+
+
+@pytest.mark.parametrize("method", ["distill_prune", "final_distill", "distilhubert"])
+def test_new_recipe_ships_the_papers_training_configs(recipe, method):
+    """The configs a new recipe trains with are the paper's (those of egs/librispeech's HuBERT Base), read as the
+    training CLIs read them; db.sh names the teacher that stage 0 converts."""
+    from dphubert.distill.config import load_config
+
+    shipped = load_config(method, recipe / "conf" / f"{method}.yaml")
+    assert shipped == load_config(method, REPO / "egs" / "librispeech" / "conf" / "hubert_base" / f"{method}.yaml")
+    paper = {"distill_prune": dict(max_steps=50000, lr=2e-4, warmup_steps=15000, target_sparsity=0.75, reg_lr=0.02,
+                                   sparsity_warmup_steps=5000, batch_seconds=160.0),
+             "final_distill": dict(max_steps=25000, lr=1e-4, warmup_steps=5000),
+             "distilhubert": dict(max_steps=200000, lr=2e-4, cos_type="log_sig")}[method]
+    assert {key: shipped[key] for key in paper} == paper
+    db = (recipe / "db.sh").read_text()
+    assert "\nTEACHER=\n" in db and "\nTEACHER_FORMAT=hf\n" in db
 
 
 def test_setup_refuses_existing_dir(recipe, tmp_path):

@@ -33,9 +33,9 @@ downmix=false           # accept multi-channel audio (channels averaged when rea
 skip_bad_audio=false    # leave out unreadable/empty utterances instead of failing: stage 1 lists them in
                         # data/<set>/skipped_audio.txt and drops them from data/<set> (the training stages too)
 
-teacher=                # stage 0: the teacher checkpoint (HF dir, fairseq .pt, torchaudio state dict, ours)
+teacher=${TEACHER:-}    # stage 0: the teacher checkpoint (HF dir, fairseq .pt, torchaudio state dict, ours); db.sh's TEACHER
 teacher_tag=teacher     # stage 0 writes exp/<teacher_tag>/teacher.pt
-teacher_format=hf       # hf | fairseq | torchaudio | dphubert | pretrain (demo: pretrain a small HuBERT here)
+teacher_format=${TEACHER_FORMAT:-hf}  # hf | fairseq | torchaudio | dphubert | pretrain (demo: pretrain a small HuBERT)
 pretrain_config=conf/pretrain_hubert.yaml   # teacher_format=pretrain only
 trust_checkpoint=false  # allow teacher pickles that need code to load (old fairseq files)
 
@@ -237,8 +237,8 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
                 ${python} -m dphubert.bin.pretrain_hubert --config "${pretrain_config}" \
                 --data "data/${train_set}" --out "${teacher_pt}" --resume ${audio_opts}
         else
-            [ -n "${teacher}" ] || die "--teacher is empty: name the teacher checkpoint (run.sh or db.sh)"
-            [ -e "${teacher}" ] || die "teacher checkpoint '${teacher}' does not exist; fix --teacher in run.sh"
+            [ -n "${teacher}" ] || die "no teacher: set TEACHER (and TEACHER_FORMAT) in db.sh, or pass --teacher PATH"
+            [ -e "${teacher}" ] || die "teacher checkpoint '${teacher}' does not exist; fix TEACHER in db.sh (or --teacher)"
             trust=""
             [ "${trust_checkpoint}" = true ] && trust="--trust-checkpoint"
             log "Stage 0: converting the ${teacher_format} teacher ${teacher} -> ${teacher_pt}"
