@@ -263,7 +263,7 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
         done
         log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
         local/data.sh ${local_data_opts}
-        for dset in ${train_set} ${valid_set} ${test_sets}; do
+        for dset in $(printf '%s\n' ${train_set} ${valid_set} ${test_sets} | awk '!seen[$0]++'); do
             utils/validate_data_dir.sh "data/${dset}"
             log "Stage 1: checking audio and writing data/${dset}/utt2num_samples"
             ${python} -m dphubert.bin.prepare_data --data "data/${dset}" --nj "${nj}" ${audio_opts}

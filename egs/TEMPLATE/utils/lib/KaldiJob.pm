@@ -107,6 +107,7 @@ start=\$(date +%s)
 printf '# %s\\n# Started at %s\\n' "\$command" "\$(date)" > "\$log_file" || exit 1
 bash -c "set -o pipefail; \$command" >> "\$log_file" 2>&1
 code=\$?
+[ -z "\$(tail -c 1 "\$log_file")" ] || echo >> "\$log_file"  # output cut mid-line (a progress bar, a kill)
 elapsed=\$(( \$(date +%s) - start ))
 printf '# Accounting: time=%d threads=%d\\n# Ended (code %d) at %s, elapsed time %d seconds\\n' \\
     "\$elapsed" $threads "\$code" "\$(date)" "\$elapsed" >> "\$log_file"
