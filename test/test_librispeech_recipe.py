@@ -77,7 +77,7 @@ def test_empty_corpus_path_is_one_clear_line(tmp_path):
 
 
 def test_missing_subset_is_named(tmp_path):
-    make_fake_librispeech(tmp_path / "LibriSpeech", subsets=["train-clean-100"])
+    make_fake_librispeech(tmp_path / "LibriSpeech", subsets=["train-clean-100", "dev-clean"])
     recipe = recipe_copy(tmp_path, str(tmp_path / "LibriSpeech"))
     result = run(["local/data.sh", "--sets", "train100,dev"], recipe)
     assert result.returncode != 0
