@@ -113,3 +113,26 @@ def test_dump_records_layer0_and_training_refuses_a_mismatch(tmp_path, capsys):
     assert last["distill"]["layer0"] == "projection"
     assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "c", "--layer0", "cnn"]]) == 1
     assert "key 'layer0' must be one of ['transformer_input', 'projection']" in capsys.readouterr().err
+
+
+def test_dump_teacher_takes_layers_and_layer0_from_the_step1_config(tmp_path, capsys):
+    from dphubert.bin import dump_teacher
+
+    save_model(Wav2Vec2Model(tiny_config("hubert", encoder_num_layers=6)), tmp_path / "teacher.pt")
+    data = make_data_dir(tmp_path / "d", [0.5, 0.6], seed=4)
+    config = tmp_path / "distill_prune.yaml"
+    config.write_text("distill_layers: null\nlayer0: projection\n")
+    base = ["--teacher", str(tmp_path / "teacher.pt"), "--data", str(data), "--config", str(config)]
+    assert dump_teacher.main([*base, "--out", str(tmp_path / "a")]) == 0
+    meta = yaml.safe_load((tmp_path / "a" / "meta.yaml").read_text())
+    assert meta["layers"] == [0, 2, 4, 6] and meta["layer0"] == "projection"
+    capsys.readouterr()
+
+    # An explicit choice that disagrees with the config stops before anything is written.
+    assert dump_teacher.main([*base, "--layers", "0,2", "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "--layers 0,2 lacks layers [4, 6]: " in err and "distils layers [0, 2, 4, 6] of this 6-layer teacher" in err
+    assert dump_teacher.main([*base, "--layer0", "transformer_input", "--out", str(tmp_path / "b")]) == 1
+    assert "--layer0 transformer_input but " in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert dump_teacher.main([*base, "--layers", "0,1,2,4,6", "--out", str(tmp_path / "c")]) == 0  # more is fine
+    assert yaml.safe_load((tmp_path / "c" / "meta.yaml").read_text())["layers"] == [0, 1, 2, 4, 6]

@@ -76,12 +76,12 @@ def layers_to_dump(args: argparse.Namespace, num_layers: int) -> Tuple[List[int]
     cfg = load_config("distill_prune", args.config)
     distilled, _ = resolve_layers_and_groups(cfg["distill_layers"], cfg["projection_groups"], num_layers,
                                              str(args.config))
-    where = (f"{args.config} distils layers {distilled} of this {num_layers}-layer teacher "
-             f"(distill_layers: {cfg['distill_layers']})")
     if layers is not None and not set(distilled) <= set(layers):
         missing = sorted(set(distilled) - set(layers))
-        raise DistillConfigError(f"{fix_option('dump_layers')} {args.layers} lacks layers {missing}: {where}; leave "
-                                 f"{fix_option('dump_layers')} empty to dump the config's layers")
+        why = " (distill_layers: null, i.e. 0 and every third of the depth)" if cfg["distill_layers"] is None else ""
+        raise DistillConfigError(f"{fix_option('dump_layers')} {args.layers} lacks layers {missing}: {args.config} "
+                                 f"distils layers {distilled} of this {num_layers}-layer teacher{why}; drop the "
+                                 f"option to dump the config's layers")
     if args.layer0 is not None and args.layer0 != cfg["layer0"]:
         raise DistillConfigError(f"--layer0 {args.layer0} but {args.config} has layer0: {cfg['layer0']}; drop "
                                  f"--layer0 (the config's is dumped)")
