@@ -248,7 +248,8 @@ def test_run_pl_failure_shows_the_failing_logs_error_lines(tmp_path):
                                           "run.pl: log/e.2.log: ValueError: bad input 2"]
     # No line names an error: the last line of output (a progress bar's last redraw).
     result = run([RUN_PL, "log/q.log", "bash", "-c", "printf 'bar 1\\rbar 2\\n'; exit 3"], tmp_path)
-    assert result.stderr.splitlines()[1:] == ["run.pl: log/q.log: bar 2"]
+    assert result.stderr.splitlines()[1:] == ["run.pl: log/q.log: bar 2",
+                                              "run.pl: log/q.log: (no line names an error; the job ended with exit code 3)"]
 
 
 def test_run_pl_pipeline_failure_counts(tmp_path):

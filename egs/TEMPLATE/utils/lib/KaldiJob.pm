@@ -136,14 +136,16 @@ sub ended_code {
 }
 
 # What a failed job's log says about why, for the console: its last lines that name an error (error, Traceback,
-# exception, killed, failed, out of memory), else its last line of output; at most $max lines, the launcher's
-# "# " lines left out, a progress bar's redraws cut to the last one.
+# exception, killed, failed, out of memory), at most $max; else its last line of output and its exit code (a
+# process killed by signal N ends with 128 + N). The launcher's "# " lines are left out, a progress bar's redraws
+# cut to the last one.
 sub error_lines {
     my ($log_file, $max) = @_;
     open(my $fh, '<', $log_file) or return ();
-    my @lines;
+    my (@lines, $code);
     while (my $line = <$fh>) {
         chomp $line;
+        $code = $1 if $line =~ /^# Ended \(code (\d+)\)/;
         $line =~ s/.*\r//;
         next if $line =~ /^# / || $line !~ /\S/;
         $line = substr($line, 0, 400) . ' ...' if length($line) > 400;
@@ -151,8 +153,10 @@ sub error_lines {
     }
     close($fh);
     my @errors = grep { /error|traceback|exception|killed|failed|out of memory/i } @lines;
-    my @shown = @errors ? @errors : @lines ? ($lines[-1]) : ();
-    return @shown > $max ? @shown[-$max .. -1] : @shown;
+    return @errors > $max ? @errors[-$max .. -1] : @errors if @errors;
+    my @shown = @lines ? ($lines[-1]) : ();
+    push @shown, "(no line names an error; the job ended with exit code $code)" if defined $code && @shown;
+    return @shown;
 }
 
 1;
