@@ -86,7 +86,7 @@ def test_task_online_teacher_and_final_distill_follow_layer0(tmp_path):
 
 
 def test_dump_records_layer0_and_training_refuses_a_mismatch(tmp_path, capsys):
-    assert load_config("distill_prune")["layer0"] == "transformer_input"  # the default stays ours
+    assert load_config("distill_prune")["layer0"] == "projection"  # the paper's (a tie on the demo, README)
     teacher = Wav2Vec2Model(tiny_config("hubert")).eval()
     save_model(teacher, tmp_path / "teacher.pt")
     data = make_data_dir(tmp_path / "d", [0.5, 0.6, 0.55, 0.65], seed=3)
@@ -105,10 +105,10 @@ def test_dump_records_layer0_and_training_refuses_a_mismatch(tmp_path, capsys):
 
     common = ["--teacher", tmp_path / "teacher.pt", "--data", data, "--teacher-feats", dump, "--distill-layers",
               "[0, 3]", "--max-steps", "2", "--save-interval", "2", "--target-sparsity", "0.3", *FAST]
-    assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "a"]]) == 1
+    assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "a", "--layer0", "transformer_input"]]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # (besides progress bars)
     assert len(err) == 1 and "dumped layer 0 is projection" in err[0] and "--layer0 transformer_input" in err[0]
-    assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "b", "--layer0", "projection"]]) == 0
+    assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "b"]]) == 0  # the default: projection
     last = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert last["distill"]["layer0"] == "projection"
     assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "c", "--layer0", "cnn"]]) == 1

@@ -161,7 +161,8 @@ def test_stage2_dumps_the_layers_step1_distils_for_every_setup(tmp_path):
         assert proc.returncode == 0, err[-3000:]
         recipe = recipes[setup]
         meta = yaml.safe_load((recipe / "dump" / "teacher" / "train960" / "meta.yaml").read_text())
-        assert meta["layers"] == expected[setup] and meta["layer0"] == "transformer_input", setup
+        shipped = yaml.safe_load((RECIPE / "conf" / setup / "distill_prune.yaml").read_text())
+        assert meta["layers"] == expected[setup] and meta["layer0"] == shipped["layer0"] == "projection", setup
         assert not (recipe / "dump" / "teacher" / "dev").exists()  # stage 3 validates with the online teacher
         tag = f"{setup}_sp0.75"
         assert "--teacher-feats dump/teacher/train960" in (recipe / "exp" / tag / "logs" / "distill_prune.log").read_text()

@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from dphubert.distill.cli import run_cli
-from dphubert.distill.config import load_config
+from dphubert.distill.config import METHOD_DEFAULTS, load_config
 from dphubert.distill.errors import DistillConfigError
 from dphubert.distill.projections import default_distill_layers, resolve_layers_and_groups
 from dphubert.distill.report import setup_logging
@@ -52,7 +52,7 @@ def get_parser() -> argparse.ArgumentParser:
                              "cover the config's; default: the config's, else 0 and every third of the depth)")
     parser.add_argument("--layer0", default=None, choices=LAYER0_CHOICES,
                         help="what state 0 is (with --config: checked against the config's; default: the "
-                             "config's, else transformer_input)")
+                             "config's, else distill_prune's default, projection)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--skip-bad-audio", action="store_true", help="skip unreadable/empty utterances")
     parser.add_argument("--resample", action="store_true", help="resample non-16 kHz audio instead of failing")
@@ -72,7 +72,7 @@ def layers_to_dump(args: argparse.Namespace, num_layers: int) -> Tuple[List[int]
     """The layers and layer0 to dump: the Step-1 config's (``--config``), an explicit choice checked against it."""
     layers = parse_layers(args.layers) if args.layers else None
     if args.config is None:
-        return layers or default_distill_layers(num_layers), args.layer0 or "transformer_input"
+        return layers or default_distill_layers(num_layers), args.layer0 or METHOD_DEFAULTS["distill_prune"]["layer0"]
     cfg = load_config("distill_prune", args.config)
     distilled, _ = resolve_layers_and_groups(cfg["distill_layers"], cfg["projection_groups"], num_layers,
                                              str(args.config))
