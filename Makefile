@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 
-.PHONY: install test test-fast demo demo-smoke bench clean
+.PHONY: install test test-fast demo demo-smoke recipe-smoke bench clean
 
 install:
 	@bash tools/install.sh
@@ -16,6 +16,9 @@ demo: install
 
 demo-smoke: install
 	bash tools/demo_smoke.sh
+
+recipe-smoke: install
+	bash tools/recipe_smoke.sh
 
 bench: install
 	$(PYTHON) bench/model_speed.py

@@ -529,6 +529,28 @@ def test_bad_audio_fails_or_is_skipped(work, tmp_path, capsys):
     assert "zz_corrupt" in skipped and "zz_empty" in skipped and "silent0.wav" in skipped
 
 
+def test_training_cli_resamples_and_downmixes_when_asked(work, tmp_path, capsys):
+    """44.1 kHz stereo audio: refused naming the CLI's flags (not Python arguments), trained on with both flags."""
+    rng = np.random.default_rng(7)
+    (tmp_path / "audio").mkdir()
+    lines = []
+    for i in range(4):
+        path = tmp_path / "audio" / f"u{i}.wav"
+        soundfile.write(path, rng.normal(0, 0.1, (int(44100 * 0.6), 2)).astype(np.float32), 44100)
+        lines.append(f"u{i} {path}\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text("".join(lines))
+    args = ["--teacher", work["teacher"], "--data", data, *FAST, "--max-steps", 1, "--target-sparsity", 0.2]
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "refused"]) == 1
+    err = capsys.readouterr().err
+    assert "pass --downmix" in err and "downmix=True" not in err and "--skip-bad-audio" in err
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "stereo", "--downmix"]) == 1
+    err = capsys.readouterr().err
+    assert "44100 Hz, expected 16000 Hz" in err and "pass --resample" in err
+    assert run_cli(distill_prune, [*args, "--exp", tmp_path / "ok", "--downmix", "--resample"]) == 0
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(work, tmp_path, capsys):
     exp = tmp_path / "exp"
     status = run_cli(distill_prune, ["--teacher", work["teacher"], "--data", work["varied"], "--exp", exp, *FAST,

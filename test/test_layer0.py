@@ -86,7 +86,7 @@ def test_task_online_teacher_and_final_distill_follow_layer0(tmp_path):
 
 
 def test_dump_records_layer0_and_training_refuses_a_mismatch(tmp_path, capsys):
-    assert load_config("distill_prune")["layer0"] == "transformer_input"  # the default stays ours
+    assert load_config("distill_prune")["layer0"] == "projection"  # the paper's (a tie on the demo, README)
     teacher = Wav2Vec2Model(tiny_config("hubert")).eval()
     save_model(teacher, tmp_path / "teacher.pt")
     data = make_data_dir(tmp_path / "d", [0.5, 0.6, 0.55, 0.65], seed=3)
@@ -105,11 +105,34 @@ def test_dump_records_layer0_and_training_refuses_a_mismatch(tmp_path, capsys):
 
     common = ["--teacher", tmp_path / "teacher.pt", "--data", data, "--teacher-feats", dump, "--distill-layers",
               "[0, 3]", "--max-steps", "2", "--save-interval", "2", "--target-sparsity", "0.3", *FAST]
-    assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "a"]]) == 1
+    assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "a", "--layer0", "transformer_input"]]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # (besides progress bars)
     assert len(err) == 1 and "dumped layer 0 is projection" in err[0] and "--layer0 transformer_input" in err[0]
-    assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "b", "--layer0", "projection"]]) == 0
+    assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "b"]]) == 0  # the default: projection
     last = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert last["distill"]["layer0"] == "projection"
     assert distill_prune.main([str(a) for a in [*common, "--exp", tmp_path / "c", "--layer0", "cnn"]]) == 1
     assert "key 'layer0' must be one of ['transformer_input', 'projection']" in capsys.readouterr().err
+
+
+def test_dump_teacher_takes_layers_and_layer0_from_the_step1_config(tmp_path, capsys):
+    from dphubert.bin import dump_teacher
+
+    save_model(Wav2Vec2Model(tiny_config("hubert", encoder_num_layers=6)), tmp_path / "teacher.pt")
+    data = make_data_dir(tmp_path / "d", [0.5, 0.6], seed=4)
+    config = tmp_path / "distill_prune.yaml"
+    config.write_text("distill_layers: null\nlayer0: projection\n")
+    base = ["--teacher", str(tmp_path / "teacher.pt"), "--data", str(data), "--config", str(config)]
+    assert dump_teacher.main([*base, "--out", str(tmp_path / "a")]) == 0
+    meta = yaml.safe_load((tmp_path / "a" / "meta.yaml").read_text())
+    assert meta["layers"] == [0, 2, 4, 6] and meta["layer0"] == "projection"
+    capsys.readouterr()
+
+    # An explicit choice that disagrees with the config stops before anything is written.
+    assert dump_teacher.main([*base, "--layers", "0,2", "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "--layers 0,2 lacks layers [4, 6]: " in err and "distils layers [0, 2, 4, 6] of this 6-layer teacher" in err
+    assert dump_teacher.main([*base, "--layer0", "transformer_input", "--out", str(tmp_path / "b")]) == 1
+    assert "--layer0 transformer_input but " in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert dump_teacher.main([*base, "--layers", "0,1,2,4,6", "--out", str(tmp_path / "c")]) == 0  # more is fine
+    assert yaml.safe_load((tmp_path / "c" / "meta.yaml").read_text())["layers"] == [0, 1, 2, 4, 6]

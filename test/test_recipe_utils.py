@@ -253,6 +253,25 @@ def test_run_pl_failed_jobs_give_exit_1_and_message(tmp_path):
     assert (tmp_path / "log/f.3.log").read_text().splitlines()[-1].startswith("# Ended (code 1)")
 
 
+FAILING_JOB = """echo starting
+printf 'step 1\\rstep 2\\n'
+[ "$1" -ne 2 ] || { echo 'Traceback (most recent call last):'; echo '  File "x.py", line 1'; echo "ValueError: bad input $1"; exit 1; }
+"""
+
+
+def test_run_pl_failure_shows_the_failing_logs_error_lines(tmp_path):
+    (tmp_path / "job.sh").write_text(FAILING_JOB)
+    result = run([RUN_PL, "JOB=1:3", "log/e.JOB.log", "bash", "job.sh", "JOB"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["run.pl: 1 / 3 failed, log is in log/e.*.log",
+                                          "run.pl: log/e.2.log: Traceback (most recent call last):",
+                                          "run.pl: log/e.2.log: ValueError: bad input 2"]
+    # No line names an error: the last line of output (a progress bar's last redraw).
+    result = run([RUN_PL, "log/q.log", "bash", "-c", "printf 'bar 1\\rbar 2\\n'; exit 3"], tmp_path)
+    assert result.stderr.splitlines()[1:] == ["run.pl: log/q.log: bar 2",
+                                              "run.pl: log/q.log: (no line names an error; the job ended with exit code 3)"]
+
+
 def test_run_pl_pipeline_failure_counts(tmp_path):
     result = run([RUN_PL, "log/p.log", "false", "|", "cat"], tmp_path)
     assert result.returncode == 1
@@ -381,6 +400,15 @@ def test_slurm_pl_reports_failed_tasks(tmp_path, slurm_env):
     assert result.returncode == 1
     assert result.stderr.strip() == "slurm.pl: 1 / 3 failed, log is in log/f.*.log"
     assert (tmp_path / "log/f.2.log").read_text().splitlines()[-1].startswith("# Ended (code 1)")
+
+
+def test_slurm_pl_failure_shows_the_failing_logs_error_lines(tmp_path, slurm_env):
+    (tmp_path / "job.sh").write_text(FAILING_JOB)
+    result = run([SLURM_PL, "JOB=1:3", "log/e.JOB.log", "bash", "job.sh", "JOB"], tmp_path, env=slurm_env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["slurm.pl: 1 / 3 failed, log is in log/e.*.log",
+                                          "slurm.pl: log/e.2.log: Traceback (most recent call last):",
+                                          "slurm.pl: log/e.2.log: ValueError: bad input 2"]
 
 
 def test_slurm_pl_counts_cancelled_task_despite_old_log(tmp_path, slurm_env):
@@ -577,13 +605,31 @@ def recipe(tmp_path):
 
 
 def test_setup_copies_skeleton_and_links_shared_parts(recipe):
-    for name in ("run.sh", "db.sh", "cmd.sh", "path.sh", "conf/slurm.conf", "local/data.sh"):
+    for name in ("run.sh", "db.sh", "cmd.sh", "path.sh", "conf/slurm.conf", "local/data.sh", "conf/distill_prune.yaml",
+                 "conf/final_distill.yaml", "conf/distilhubert.yaml"):
         assert (recipe / name).read_text() == (TEMPLATE / "skeleton" / name).read_text()
     assert os.access(recipe / "run.sh", os.X_OK) and os.access(recipe / "local/data.sh", os.X_OK)
     for name in ("utils", "dphubert.sh"):
         link = recipe / name
         assert link.is_symlink() and not os.readlink(link).startswith("/")
         assert Path(os.path.realpath(link)) == (TEMPLATE / name).resolve()
+
+
+@pytest.mark.parametrize("method", ["distill_prune", "final_distill", "distilhubert"])
+def test_new_recipe_ships_the_papers_training_configs(recipe, method):
+    """The configs a new recipe trains with are the paper's (those of egs/librispeech's HuBERT Base), read as the
+    training CLIs read them; db.sh names the teacher that stage 0 converts."""
+    from dphubert.distill.config import load_config
+
+    shipped = load_config(method, recipe / "conf" / f"{method}.yaml")
+    assert shipped == load_config(method, REPO / "egs" / "librispeech" / "conf" / "hubert_base" / f"{method}.yaml")
+    paper = {"distill_prune": dict(max_steps=50000, lr=2e-4, warmup_steps=15000, target_sparsity=0.75, reg_lr=0.02,
+                                   sparsity_warmup_steps=5000, batch_seconds=160.0),
+             "final_distill": dict(max_steps=25000, lr=1e-4, warmup_steps=5000),
+             "distilhubert": dict(max_steps=200000, lr=2e-4, cos_type="log_sig")}[method]
+    assert {key: shipped[key] for key in paper} == paper
+    db = (recipe / "db.sh").read_text()
+    assert "\nTEACHER=\n" in db and "\nTEACHER_FORMAT=hf\n" in db
 
 
 def test_setup_refuses_existing_dir(recipe, tmp_path):

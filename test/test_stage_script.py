@@ -1,7 +1,9 @@
 """egs/TEMPLATE/dphubert.sh: reruns, --force and the per-stage times, with a recording stand-in for Python.
 
 The stand-in (given as --python) appends each call's arguments to calls.txt and writes the files the next stage
-checks for (last.pt, pruned.pt, model.pt), so the shell logic runs in a second instead of a training run.
+checks for (last.pt, pruned.pt, model.pt), so the shell logic runs in a second instead of a training run; it
+fails the call of the module named in $FAIL_MODULE (a stage killed midway). One test runs the real stage 3 and
+kills it with the trainer's DPHUBERT_CRASH_AFTER_STEP hook.
 """
 
 import os
@@ -16,6 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 echo "$*" >> "$(dirname "$0")/calls.txt"
+if [ -n "${FAIL_MODULE:-}" ] && [[ " $* " == *" dphubert.bin.${FAIL_MODULE} "* ]]; then
+    echo "Traceback (most recent call last):"; echo "RuntimeError: ${FAIL_MODULE} killed"; exit 1
+fi
 # the file each stage module writes: --exp DIR gives DIR/last.pt, --out FILE gives FILE
 prev=
 for a in "$@"; do
@@ -50,11 +55,11 @@ def recipe(tmp_path):
     return recipe
 
 
-def run(recipe, *args, stop_stage=4):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    result = subprocess.run(["./run.sh", "--stage", "3", "--stop_stage", str(stop_stage), *args], cwd=recipe, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+def run(recipe, *args, stop_stage=4, stage=3, check=True, **env_vars):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env_vars)
+    result = subprocess.run(["./run.sh", "--stage", str(stage), "--stop_stage", str(stop_stage), *args], cwd=recipe,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 or not check, result.stderr
     record = recipe / "calls.txt"
     calls = record.read_text().splitlines() if record.exists() else []
     record.unlink(missing_ok=True)
@@ -108,3 +113,108 @@ def test_stage5_reruns_only_when_what_it_evaluates_changed(recipe):
     (recipe / "exp" / "x" / "final" / "model.pt").write_text("retrained")  # a new model file
     _, calls = run(recipe, "--superb_tasks", "ks pr", stop_stage=5)
     assert sum("superb_stage" in c for c in calls) == 1
+
+
+DATA_SH = """#!/usr/bin/env bash
+for set in train dev; do
+    mkdir -p data/${set}
+    echo "u1 /dev/null" > data/${set}/wav.scp
+    echo "u1 s1" > data/${set}/utt2spk
+    echo "s1 u1" > data/${set}/spk2utt
+    echo "u1 16000" > data/${set}/utt2num_samples
+done
+"""
+MARKERS = {0: "exp/teacher/.done.0", 1: "data/.done.1", 3: "exp/x/.done.3", 4: "exp/x/.done.4", 5: "exp/x/.done.5"}
+
+
+@pytest.mark.parametrize("stage,module", [(0, "convert"), (1, "prepare_data"), (3, "distill_prune"),
+                                          (4, "final_distill"), (5, "superb_stage")])
+def test_a_forced_rerun_killed_midway_leaves_no_stale_done_marker(recipe, stage, module):
+    (recipe / "teacher.ckpt").touch()
+    (recipe / "local").mkdir()
+    (recipe / "local" / "data.sh").write_text(DATA_SH)
+    (recipe / "local" / "data.sh").chmod(0o755)
+    options = ("--teacher", "teacher.ckpt", "--superb_tasks", "ks")
+    run(recipe, *options, stage=0, stop_stage=5)
+    assert all((recipe / marker).exists() for marker in MARKERS.values())
+
+    result, _ = run(recipe, *options, "--force", "true", stage=stage, stop_stage=stage, check=False,
+                    FAIL_MODULE=module)
+    assert result.returncode != 0 and not (recipe / MARKERS[stage]).exists()
+    # Stages after it refuse the outputs it may have left half made.
+    if stage in (3, 4):
+        later, _ = run(recipe, *options, stage=stage + 1, stop_stage=stage + 1, check=False)
+        assert later.returncode != 0 and f"stage {stage} did not finish" in later.stderr
+    _, calls = run(recipe, *options, stage=stage, stop_stage=stage)  # a plain rerun does the stage again
+    assert any(f"dphubert.bin.{module} " in call for call in calls) and (recipe / MARKERS[stage]).exists()
+
+
+# ----- a real stage 3, killed midway through a --force rerun -----------------------------------------------------
+CONFIG = """\
+min_seconds: 0.2
+max_seconds: 1.0
+batch_seconds: 1.6
+num_buckets: 2
+num_workers: 0
+max_steps: 8
+lr: 1.0e-3
+warmup_steps: 2
+target_sparsity: 0.3
+sparsity_warmup_steps: 3
+reg_lr: 0.05
+log_interval: 4
+save_interval: 4
+valid_interval: 1000
+valid_max_batches: 1
+"""
+
+
+def test_a_killed_forced_stage3_is_resumed_by_a_plain_rerun(tmp_path):
+    import numpy as np
+    import soundfile
+    import torch
+
+    from conftest import tiny_config
+    from dphubert.data import write_utt2num_samples
+    from dphubert.models import Wav2Vec2Model, save_model
+
+    recipe = tmp_path / "corpus"
+    recipe.mkdir()
+    os.symlink(REPO / "egs" / "TEMPLATE" / "utils", recipe / "utils")
+    os.symlink(REPO / "egs" / "TEMPLATE" / "dphubert.sh", recipe / "dphubert.sh")
+    for name in ("path.sh", "cmd.sh"):
+        shutil.copy(REPO / "egs" / "demo" / name, recipe / name)
+    (recipe / "db.sh").write_text("")
+    (recipe / "conf").mkdir()
+    (recipe / "conf" / "distill_prune.yaml").write_text(CONFIG)
+    (recipe / "run.sh").write_text('#!/usr/bin/env bash\n./dphubert.sh --train_set train --valid_set train '
+                                   '--tag x "$@"\n')
+    (recipe / "run.sh").chmod(0o755)
+    (recipe / "exp" / "teacher").mkdir(parents=True)
+    save_model(Wav2Vec2Model(tiny_config("hubert")), recipe / "exp" / "teacher" / "teacher.pt")
+    data = recipe / "data" / "train"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(10):
+        soundfile.write(data / f"u{i}.wav", rng.normal(0, 0.1, int(16000 * rng.uniform(0.5, 1.0))), 16000)
+        lines.append(f"u{i} {data / f'u{i}.wav'}\n")
+    (data / "wav.scp").write_text("".join(lines))
+    write_utt2num_samples(data)
+    exp = recipe / "exp" / "x"
+
+    run(recipe, stop_stage=3, OMP_NUM_THREADS="1")  # the uninterrupted run
+    reference = torch.load(exp / "last.pt", weights_only=True)["state_dict"]
+
+    killed, _ = run(recipe, "--force", "true", stop_stage=3, check=False, OMP_NUM_THREADS="1",
+                    DPHUBERT_CRASH_AFTER_STEP="6")
+    assert killed.returncode != 0 and not (exp / ".done.3").exists()
+    assert [p.name for p in (exp / "checkpoints").iterdir()] == ["ckpt_step00000004.pt"]
+
+    result, _ = run(recipe, stop_stage=3, OMP_NUM_THREADS="1", DPHUBERT_CRASH_AFTER_STEP="6")
+    assert "skipped" not in result.stderr and (exp / ".done.3").exists()
+    log = (exp / "logs" / "distill_prune.log").read_text()
+    assert "--resume" in log.splitlines()[0] and "(step 4)" in log
+    resumed = torch.load(exp / "last.pt", weights_only=True)["state_dict"]
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)  # as if never killed

@@ -41,6 +41,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--valid", type=Path, default=None, help="validation data dir (masked accuracy on it)")
     parser.add_argument("--exp", type=Path, default=None, help="checkpoints, logs, labels [the dir of --out]")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --exp")
+    parser.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
+    parser.add_argument("--downmix", action="store_true", help="average multi-channel audio instead of failing")
     parser.add_argument("--skip-bad-audio", action="store_true",
                         help="drop unreadable/empty utterances (listed in <exp>/skipped.txt) instead of failing")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

@@ -33,6 +33,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from dphubert.user_options import fix_option
+
 SAMPLE_RATE = 16000
 
 # "path.ark:1234", optionally with a kaldiio slice "[a:b]".
@@ -196,7 +198,8 @@ def _int_to_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
-_DECODE_FIX = "re-encode or replace the file, or drop the utterance (check_audio(skip_bad=True))"
+def _decode_fix() -> str:
+    return f"re-encode or replace the file, or drop the utterance ({fix_option('skip_bad_audio')})"
 
 
 def _one_line(error: Exception) -> str:
@@ -241,7 +244,7 @@ def _decode(utt_id: str, source: str, segment: Segment | None) -> tuple[np.ndarr
     except AudioError:
         raise
     except (soundfile.LibsndfileError, RuntimeError, EOFError, ValueError, OSError) as error:
-        raise AudioError(f"utt {utt_id}: cannot decode {source}: {_one_line(error)}; {_DECODE_FIX}") from None
+        raise AudioError(f"utt {utt_id}: cannot decode {source}: {_one_line(error)}; {_decode_fix()}") from None
     if segment is not None:
         start, stop = _segment_bounds(segment, rate, len(samples))
         samples = samples[start:stop]
@@ -254,7 +257,7 @@ def _load_ark(utt_id: str, source: str) -> tuple[np.ndarray, int]:
     try:
         loaded = kaldiio.load_mat(source)
     except Exception as error:  # a bad offset or truncated ark surfaces as any of several errors
-        raise AudioError(f"utt {utt_id}: cannot decode {source}: {_one_line(error)}; {_DECODE_FIX}") from None
+        raise AudioError(f"utt {utt_id}: cannot decode {source}: {_one_line(error)}; {_decode_fix()}") from None
     if not isinstance(loaded, tuple):
         raise AudioError(f"utt {utt_id}: {source} holds a feature matrix, not audio; point wav.scp at audio")
     rate, samples = loaded
@@ -283,17 +286,17 @@ def _check_format(
         where = "its segment of " if in_segment else ""
         raise AudioError(
             f"utt {utt_id}: {where}{source} has 0 samples; remove it from the data dir "
-            f"or drop it with check_audio(skip_bad=True)"
+            f"or drop it with {fix_option('skip_bad_audio')}"
         )
     if channels != 1 and not downmix:
         raise AudioError(
             f"utt {utt_id}: {source} has {channels} channels, expected mono; convert it "
-            f"(e.g. sox in.wav -c 1 out.wav) or pass downmix=True to average the channels"
+            f"(e.g. sox in.wav -c 1 out.wav) or pass {fix_option('downmix')} to average the channels"
         )
     if rate != SAMPLE_RATE and not resample:
         raise AudioError(
             f"utt {utt_id}: {source} is {rate} Hz, expected {SAMPLE_RATE} Hz; resample to 16 kHz "
-            f"(e.g. sox in.wav -r 16000 out.wav) or pass resample=True"
+            f"(e.g. sox in.wav -r 16000 out.wav) or pass {fix_option('resample')}"
         )
 
 
@@ -341,7 +344,7 @@ def probe_num_samples(
     try:
         info = soundfile.info(source)
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise AudioError(f"utt {utt_id}: cannot decode {source}: {_one_line(error)}; {_DECODE_FIX}") from None
+        raise AudioError(f"utt {utt_id}: cannot decode {source}: {_one_line(error)}; {_decode_fix()}") from None
     frames = info.frames
     in_segment = data_dir.segments is not None
     if in_segment:

@@ -31,6 +31,7 @@ from dphubert.data.datadir import (
     read_audio,
 )
 from dphubert.data.sampler import IndexBatch
+from dphubert.user_options import fix_option
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def check_audio(
     if not skip_bad:
         raise AudioError(
             f"{data_dir.path}: {len(bad)} utterance(s) with bad audio (fix them, or drop them with "
-            f"skip_bad=True / --skip-bad-audio); first: {bad[0][1]}"
+            f"{fix_option('skip_bad_audio')}); first: {bad[0][1]}"
         )
     dataset.remove({utt for utt, _ in bad})
     dataset.probe_failures = []

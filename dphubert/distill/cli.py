@@ -19,6 +19,7 @@ import torch
 
 from dphubert.data import AudioDataset, AudioError, DataDirError, check_audio
 from dphubert.models import CheckpointError, ConfigError, PruningError, Wav2Vec2Model
+from dphubert.user_options import cli_names
 
 from .config import add_config_arguments, load_config, overrides_from_args, write_config
 from .distributed import (DistEnv, any_rank, check_same_inputs, data_digest, model_digest, note_training_agents,
@@ -53,6 +54,8 @@ def training_parser(method: str, doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --exp")
     parser.add_argument("--skip-bad-audio", action="store_true",
                         help="drop unreadable/empty utterances (listed in exp/<tag>/skipped.txt) instead of failing")
+    parser.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz instead of failing")
+    parser.add_argument("--downmix", action="store_true", help="average multi-channel audio instead of failing")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CUDA (the LOCAL_RANK-th GPU) when available, else CPU")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -63,7 +66,8 @@ def training_parser(method: str, doc: str) -> argparse.ArgumentParser:
 
 def run_cli(main: Callable[[Optional[List[str]]], Any], argv: Optional[List[str]], prog: str) -> int:
     try:
-        main(argv)
+        with cli_names():  # error messages name this CLI's flags
+            main(argv)
     except USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
@@ -90,8 +94,10 @@ def check_teacher_student(teacher: Wav2Vec2Model, student: Wav2Vec2Model, layers
                                    f"layers, it has {student.num_layers}")
 
 
-def load_data(path: Path, cfg: Dict[str, Any], skip_bad: bool, skipped: Optional[Path]) -> AudioDataset:
-    dataset = AudioDataset(path, min_seconds=cfg["min_seconds"], max_seconds=cfg["max_seconds"])
+def load_data(path: Path, cfg: Dict[str, Any], args: argparse.Namespace, skipped: Optional[Path]) -> AudioDataset:
+    skip_bad = args.skip_bad_audio
+    dataset = AudioDataset(path, min_seconds=cfg["min_seconds"], max_seconds=cfg["max_seconds"],
+                           resample=args.resample, downmix=args.downmix)
     check_audio(dataset, skip_bad=skip_bad, skipped_path=skipped)
     if not dataset.utt_ids:
         raise AudioError(f"{path}: no usable utterance of {cfg['min_seconds']}-{cfg['max_seconds']} s")
@@ -139,10 +145,10 @@ def run_training(args: argparse.Namespace, method: str,
     stride = frame_stride(teacher)
 
     is_main = env.is_main
-    train_set = load_data(args.data, cfg, args.skip_bad_audio, exp_dir / "skipped.txt" if is_main else None)
+    train_set = load_data(args.data, cfg, args, exp_dir / "skipped.txt" if is_main else None)
     valid_set = None
     if args.valid is not None:
-        valid_set = load_data(args.valid, cfg, args.skip_bad_audio, exp_dir / "skipped_valid.txt" if is_main else None)
+        valid_set = load_data(args.valid, cfg, args, exp_dir / "skipped_valid.txt" if is_main else None)
     online = OnlineTeacher(teacher, task.teacher_layers, task.layer0, cfg["teacher_precision"])
     if args.teacher_feats is not None:
         reader = TeacherFeatureReader(args.teacher_feats)

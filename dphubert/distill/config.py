@@ -130,7 +130,7 @@ _COMMON = dict(
 
 METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "distill_prune": dict(_COMMON, max_steps=50000, lr=2e-4, warmup_steps=15000, distill_layers=None,
-                          layer0="transformer_input", projection_groups=None, prune_units=["conv", "head", "interm"],
+                          layer0="projection", projection_groups=None, prune_units=["conv", "head", "interm"],
                           budget="params", target_sparsity=0.75, macs_target_sparsity=None,
                           sparsity_warmup_steps=5000, reg_lr=0.02),
     "final_distill": dict(_COMMON, max_steps=25000, lr=1e-4, warmup_steps=5000, layer0=None),

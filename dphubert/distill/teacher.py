@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from dphubert.data import AudioError, load_data_dir, read_audio
 from dphubert.models import Wav2Vec2Model
+from dphubert.user_options import fix_option
 
 from .errors import DistillError, TeacherMismatchError
 
@@ -256,7 +257,7 @@ def dump_teacher_features(teacher: Wav2Vec2Model, data_dir: str | Path, layers: 
             if states[0].size(1) == 0:
                 error = f"utt {utt_id}: {data.source_of(utt_id)} is too short for the teacher ({wav.size(1)} samples)"
                 if not skip_bad_audio:
-                    raise AudioError(error + "; remove it or pass --skip-bad-audio")
+                    raise AudioError(f"{error}; remove it or pass {fix_option('skip_bad_audio')}")
                 bad.append((utt_id, error))
                 continue
             matrices = {feature_key(utt_id, layer): states[layer][0].cpu().numpy().astype(np.float16)

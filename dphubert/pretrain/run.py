@@ -54,8 +54,8 @@ def run_pretraining(args: argparse.Namespace, argv: Optional[List[str]]) -> Dict
     log.info("%s (rank %d of %d, %s)", command, env.rank, env.world_size, env.device)
     log_batch_scaling(cfg, env)
 
-    train_set = load_data(args.data, cfg, args.skip_bad_audio, exp_dir / "skipped.txt" if env.is_main else None)
-    valid_set = load_data(args.valid, cfg, args.skip_bad_audio, None) if args.valid else None
+    train_set = load_data(args.data, cfg, args, exp_dir / "skipped.txt" if env.is_main else None)
+    valid_set = load_data(args.valid, cfg, args, None) if args.valid else None
     minutes = sum(train_set.lengths) / 16000 / 60
     log.info("%s: %d utterances, %.1f min of audio", args.data, len(train_set.utt_ids), minutes)
     labels_path = exp_dir / LABELS_NAME

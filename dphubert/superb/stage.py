@@ -297,6 +297,8 @@ def _run_pairs(pairs, infos: Mapping[str, ModelInfo], variables: Mapping[str, Ma
         else:
             if done.exists() and not options.force:
                 log(f"[superb] {_label(name, task, fold)}: {infos[name].path} changed since it ran; running again")
+            # Gone before any pair runs: a --force run killed midway must not leave old results marked done.
+            done.unlink(missing_ok=True)
             pending.append((name, task, fold, expdir))
 
     def report(name, task, fold, outcome):

@@ -28,15 +28,19 @@ train_set=              # data/<train_set>: distillation data
 valid_set=              # data/<valid_set>: validation during training
 test_sets=              # other data sets local/data.sh prepares
 local_data_opts=        # options passed to local/data.sh
+resample=false          # accept audio that is not 16 kHz (resampled when read) in every stage that reads data/<set>
+downmix=false           # accept multi-channel audio (channels averaged when read)
+skip_bad_audio=false    # leave out unreadable/empty utterances instead of failing: stage 1 lists them in
+                        # data/<set>/skipped_audio.txt and drops them from data/<set> (the training stages too)
 
-teacher=                # stage 0: the teacher checkpoint (HF dir, fairseq .pt, torchaudio state dict, ours)
+teacher=${TEACHER:-}    # stage 0: the teacher checkpoint (HF dir, fairseq .pt, torchaudio state dict, ours); db.sh's TEACHER
 teacher_tag=teacher     # stage 0 writes exp/<teacher_tag>/teacher.pt
-teacher_format=hf       # hf | fairseq | torchaudio | dphubert | pretrain (demo: pretrain a small HuBERT here)
+teacher_format=${TEACHER_FORMAT:-hf}  # hf | fairseq | torchaudio | dphubert | pretrain (demo: pretrain a small HuBERT)
 pretrain_config=conf/pretrain_hubert.yaml   # teacher_format=pretrain only
 trust_checkpoint=false  # allow teacher pickles that need code to load (old fairseq files)
 
 dump_teacher=false      # stage 2: dump teacher features once instead of running the teacher online
-dump_layers=0,4,8,12    # teacher layers to dump (must cover the distillation targets)
+dump_layers=            # teacher layers to dump; empty: those Step 1 distils (distill_prune_config's distill_layers)
 distill_prune_config=conf/distill_prune.yaml
 distill_prune_opts=     # stage 3: extra distill_prune options, e.g. "--budget macs --target-sparsity 0.6"
 targets=                # a target sweep, e.g. "params:0.5 macs:0.75" (README: target sweeps): stages 3-4 per target
@@ -62,8 +66,12 @@ Options (defaults in brackets):
   --nj N                         parallel data jobs [${nj}]
   --tag NAME                     experiment dir exp/NAME [from the config file names]
   --force true|false             rerun finished stages [${force}]
+  --resample / --downmix / --skip_bad_audio true|false
+                                 audio that is not 16 kHz / not mono / unreadable: resample, average the
+                                 channels, leave it out (listed in data/<set>/skipped_audio.txt) [false]
   --teacher PATH --teacher_format hf|fairseq|torchaudio|dphubert|pretrain [--teacher_tag NAME]
   --dump_teacher true|false      dump teacher features in stage 2 [${dump_teacher}]
+  --dump_layers 0,4,8,12         layers to dump [empty: the distill_layers and layer0 of --distill_prune_config]
   --distill_prune_config / --final_distill_config / --distilhubert_config FILE
   --distill_prune_opts \"...\"     extra distill_prune options (e.g. \"--budget macs --target-sparsity 0.6\")
   --targets \"params:0.5 macs:0.75\"  a target sweep: one exp dir per target, then exp/<sweep_tag>/PARETO.md
@@ -76,6 +84,8 @@ e.g.: ./run.sh --stage 3 --stop_stage 4 --ngpu 4
 
 . utils/parse_options.sh
 [ $# -eq 0 ] || die "unexpected argument '$1' (options look like --stage 3; see --help)"
+# The Python stages' error messages then name this script's options (--resample true) rather than their flags.
+export DPHUBERT_RECIPE=1
 . ./path.sh
 . ./cmd.sh
 
@@ -100,6 +110,15 @@ if [ "${num_nodes}" -gt 1 ] && [ "${cmd_backend}" != slurm ]; then
 elif [ "${node_rank}" != 0 ]; then
     die "--node_rank ${node_rank} is for --num_nodes > 1 without SLURM (with cmd_backend=slurm, srun starts the nodes)"
 fi
+# How every stage that reads data/<set> treats audio it cannot take as it is (the same flags in each CLI).
+audio_opts=""
+for _opt in resample downmix skip_bad_audio; do
+    case "${!_opt}" in
+        true) audio_opts="${audio_opts} --${_opt//_/-}" ;;
+        false) ;;
+        *) die "--${_opt} must be true or false, got '${!_opt}'" ;;
+    esac
+done
 # torch shares one rendezvous store across torchrun's restarts, where a restarted group can read the lost workers'
 # addresses and fail once more: with restarts, every attempt gets a fresh store.
 [ "${max_restarts}" -eq 0 ] || export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
@@ -118,8 +137,11 @@ teacher_pt=${teacher_dir}/teacher.pt
 logdir=${expdir}/logs
 mkdir -p "${logdir}"
 
-# A stage's .done marker makes reruns skip it; --force true (or deleting the marker) reruns it.
+# A stage's .done marker makes reruns skip it; --force true (or deleting the marker) reruns it. A stage that starts
+# work removes its marker first, so that a run killed midway (a --force rerun too) is not taken for a finished one:
+# the next plain run does the stage again, and its training runs resume from their checkpoints.
 stage_done() { [ "${force}" = false ] && [ -f "$1/.done.$2" ]; }
+start_work() { [ "${node_rank}" -gt 0 ] || rm -f "$1/.done.$2"; }
 mark_done() { [ "${node_rank}" -gt 0 ] || touch "$1/.done.$2"; }
 # Before a long stage, leave a script that reruns it with the same options (as ESPnet does).
 write_rerun_script() {
@@ -183,7 +205,8 @@ stage_skipped() { _stage_ran=false; }  # after the log line saying why
 stage_finished() {
     [ "${_stage_ran}" = true ] && [ "${node_rank}" -eq 0 ] || return 0
     local times="${expdir}/stage_times.txt"
-    { [ -f "${times}" ] && grep -v "^stage $1:" "${times}"; echo "stage $1: $(( SECONDS - _stage_t0 )) s"; } \
+    # (grep finds no other line when this stage is the only one timed so far: not an error)
+    { [ -f "${times}" ] && grep -v "^stage $1:" "${times}" || true; echo "stage $1: $(( SECONDS - _stage_t0 )) s"; } \
         | sort -k2,2n > "${times}.tmp"
     mv "${times}.tmp" "${times}"
 }
@@ -253,6 +276,7 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
         log "Stage 0: teacher ready (${teacher_pt}); skipped (--force true reruns it)"; stage_skipped
     else
         mkdir -p "${teacher_dir}"
+        start_work "${teacher_dir}" 0
         if [ "${teacher_format}" = pretrain ]; then
             log "Stage 0: pretraining a small HuBERT teacher on data/${train_set}" \
                 "(log: ${teacher_dir}/logs/pretrain.log)"
@@ -260,10 +284,10 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
             local/data.sh ${local_data_opts}
             ${train_cmd} --num-threads "${nj}" "${teacher_dir}/logs/pretrain.log" \
                 ${python} -m dphubert.bin.pretrain_hubert --config "${pretrain_config}" \
-                --data "data/${train_set}" --out "${teacher_pt}" $(resume_flag "${teacher_dir}")
+                --data "data/${train_set}" --out "${teacher_pt}" $(resume_flag "${teacher_dir}") ${audio_opts}
         else
-            [ -n "${teacher}" ] || die "--teacher is empty: name the teacher checkpoint (run.sh or db.sh)"
-            [ -e "${teacher}" ] || die "teacher checkpoint '${teacher}' does not exist; fix --teacher in run.sh"
+            [ -n "${teacher}" ] || die "no teacher: set TEACHER (and TEACHER_FORMAT) in db.sh, or pass --teacher PATH"
+            [ -e "${teacher}" ] || die "teacher checkpoint '${teacher}' does not exist; fix TEACHER in db.sh (or --teacher)"
             trust=""
             [ "${trust_checkpoint}" = true ] && trust="--trust-checkpoint"
             log "Stage 0: converting the ${teacher_format} teacher ${teacher} -> ${teacher_pt}"
@@ -279,12 +303,24 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     if stage_done data 1; then
         log "Stage 1: data ready; skipped (--force true reruns it)"; stage_skipped
     else
+        mkdir -p data
+        start_work data 1
+        # utt2num_samples and skipped_audio.txt are this stage's outputs: ones left from an earlier run (with other
+        # utterances, or without the skipped ones) would fail the check of the data dirs local/data.sh writes again.
+        for dset in ${train_set} ${valid_set} ${test_sets}; do
+            rm -f "data/${dset}/utt2num_samples" "data/${dset}/skipped_audio.txt"
+        done
         log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
         local/data.sh ${local_data_opts}
-        for dset in ${train_set} ${valid_set} ${test_sets}; do
+        for dset in $(printf '%s\n' ${train_set} ${valid_set} ${test_sets} | awk '!seen[$0]++'); do
             utils/validate_data_dir.sh "data/${dset}"
             log "Stage 1: checking audio and writing data/${dset}/utt2num_samples"
-            ${python} -m dphubert.bin.prepare_data --data "data/${dset}" --nj "${nj}"
+            ${python} -m dphubert.bin.prepare_data --data "data/${dset}" --nj "${nj}" ${audio_opts}
+            if [ -f "data/${dset}/skipped_audio.txt" ]; then  # (--skip_bad_audio true): the dir stays consistent
+                log "Stage 1: leaving the $(wc -l < "data/${dset}/skipped_audio.txt") utterance(s) of" \
+                    "data/${dset}/skipped_audio.txt out of data/${dset} (originals in data/${dset}/.backup/)"
+                utils/fix_data_dir.sh "data/${dset}"
+            fi
         done
         mark_done data 1
     fi
@@ -293,12 +329,16 @@ fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ "${dump_teacher}" = true ]; then
     stage_started
-    for dset in ${train_set} ${valid_set}; do
-        log "Stage 2: dumping teacher layers ${dump_layers} of data/${dset} -> dump/teacher/${dset}"
-        ${train_cmd} "${logdir}/dump_teacher_${dset}.log" \
-            ${python} -m dphubert.bin.dump_teacher --teacher "${teacher_pt}" --data "data/${dset}" \
-            --layers "${dump_layers}" --out "dump/teacher/${dset}"
-    done
+    # The layers (and what layer 0 is) come from the Step-1 config stage 3 trains with: one source of truth, and a
+    # --dump_layers that misses one of them stops before any audio is read. Only the training set is dumped:
+    # stage 3 validates with the online teacher.
+    layers_opt=""
+    [ -z "${dump_layers}" ] || layers_opt="--layers ${dump_layers}"
+    log "Stage 2: dumping the teacher layers ${distill_prune_config} distils${dump_layers:+ (--dump_layers ${dump_layers})}" \
+        "of data/${train_set} -> dump/teacher/${train_set} (log: ${logdir}/dump_teacher_${train_set}.log)"
+    ${train_cmd} "${logdir}/dump_teacher_${train_set}.log" \
+        ${python} -m dphubert.bin.dump_teacher --teacher "${teacher_pt}" --data "data/${train_set}" \
+        --config "${distill_prune_config}" ${layers_opt} --out "dump/teacher/${train_set}" ${audio_opts}
     stage_finished 2
 fi
 
@@ -309,6 +349,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     if stage_done "${expdir}" 3; then
         log "Stage 3: ${expdir}/pruned.pt exists; skipped (--force true reruns it)"; stage_skipped
     else
+        start_work "${expdir}" 3
         write_rerun_script 3
         feats=""
         [ "${dump_teacher}" = true ] && feats="--teacher-feats dump/teacher/${train_set}"
@@ -316,7 +357,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         ${cuda_cmd} $(train_opts) "$(train_log distill_prune)" \
             $(launcher distill_prune 0) -m dphubert.bin.distill_prune --config "${distill_prune_config}" \
             --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
-            --exp "${expdir}" ${feats} ${distill_prune_opts} $(resume_flag "${expdir}")
+            --exp "${expdir}" ${feats} ${audio_opts} ${distill_prune_opts} $(resume_flag "${expdir}")
         if [ "${node_rank}" -eq 0 ]; then
             log "Stage 3: physical pruning -> ${expdir}/pruned.pt"
             ${python} -m dphubert.bin.prune --ckpt "${expdir}/last.pt" --out "${expdir}/pruned.pt" \
@@ -330,16 +371,19 @@ fi
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     stage_started
     # (the other nodes do not wait here: node 0 may still be pruning, their training starts when node 0 joins)
-    [ -f "${expdir}/pruned.pt" ] || [ "${node_rank}" -gt 0 ] || die "${expdir}/pruned.pt is missing: run stage 3 first"
+    # (a pruned.pt without .done.3 is left from a stage 3 killed midway)
+    [ "${node_rank}" -gt 0 ] || { [ -f "${expdir}/pruned.pt" ] && [ -f "${expdir}/.done.3" ]; } \
+        || die "${expdir}/pruned.pt is missing or stage 3 did not finish (no ${expdir}/.done.3): run stage 3 first"
     if stage_done "${expdir}" 4; then
         log "Stage 4: ${expdir}/final/model.pt exists; skipped (--force true reruns it)"; stage_skipped
     else
+        start_work "${expdir}" 4
         write_rerun_script 4
         log "Stage 4: final distillation -> ${expdir}/final (log: $(train_log final_distill))"
         ${cuda_cmd} $(train_opts) "$(train_log final_distill)" \
             $(launcher final_distill 1) -m dphubert.bin.final_distill --config "${final_distill_config}" \
             --student "${expdir}/pruned.pt" --teacher "${teacher_pt}" --data "data/${train_set}" \
-            --valid "data/${valid_set}" --exp "${expdir}/final" $(resume_flag "${expdir}/final")
+            --valid "data/${valid_set}" --exp "${expdir}/final" ${audio_opts} $(resume_flag "${expdir}/final")
         if [ "${node_rank}" -eq 0 ]; then
             ${python} -m dphubert.bin.package --model "${expdir}/final/last.pt" --teacher "${teacher_pt}" \
                 --out "${expdir}/final/model.pt" --release-out "${expdir}/final/model_release.pth"
@@ -349,7 +393,8 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
             ${cuda_cmd} $(train_opts) "$(train_log distilhubert)" \
                 $(launcher distilhubert 2) -m dphubert.bin.distilhubert --config "${distilhubert_config}" \
                 --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
-                --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" $(resume_flag "${expdir}/distilhubert")
+                --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" ${audio_opts} \
+                $(resume_flag "${expdir}/distilhubert")
             if [ "${node_rank}" -eq 0 ]; then
                 ${python} -m dphubert.bin.package --model "${expdir}/distilhubert/last.pt" \
                     --teacher "${teacher_pt}" --out "${expdir}/distilhubert/model.pt"
@@ -363,7 +408,8 @@ fi
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; then
     stage_started
-    [ -f "${expdir}/final/model.pt" ] || die "${expdir}/final/model.pt is missing: run stage 4 first"
+    { [ -f "${expdir}/final/model.pt" ] && [ -f "${expdir}/.done.4" ]; } \
+        || die "${expdir}/final/model.pt is missing or stage 4 did not finish (no ${expdir}/.done.4): run stage 4 first"
     models="teacher=${teacher_pt} dphubert=${expdir}/final/model.pt"
     [ -f "${expdir}/distilhubert/model.pt" ] && models="${models} distilhubert=${expdir}/distilhubert/model.pt"
     # The marker holds what was evaluated: other tasks, options or models (or a model retrained since: its size
@@ -373,6 +419,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; th
     if [ "${force}" = false ] && [ "$(cat "${expdir}/.done.5" 2>/dev/null)" = "${superb_run}" ]; then
         log "Stage 5: ${expdir}/superb/RESULTS.md is up to date; skipped (--force true reruns it)"; stage_skipped
     else
+        start_work "${expdir}" 5
         log "Stage 5: SUPERB tasks '${superb_tasks}' -> ${expdir}/superb (log: ${logdir}/superb.log)"
         superb_force=""
         [ "${force}" = true ] && superb_force="--force"  # else pairs finished before are kept

@@ -4,7 +4,7 @@ set -euo pipefail
 
 usage="Usage: $0 <new-recipe-dir>
 Creates <new-recipe-dir> with copies of the skeleton files of egs/TEMPLATE/skeleton/
-(run.sh, db.sh, cmd.sh, path.sh, conf/, local/data.sh) and relative symlinks to the shared
+(run.sh, db.sh, cmd.sh, path.sh, conf/ with the training configs, local/data.sh) and relative symlinks to the shared
 egs/TEMPLATE/utils/ and egs/TEMPLATE/dphubert.sh.
 e.g.: $0 egs/mycorpus"
 case "${1:-}" in
@@ -26,5 +26,6 @@ for name in utils dphubert.sh; do
     ln -s "$(realpath -m --relative-to="${target}" "${template_dir}/${name}")" "${target}/${name}"
 done
 
-echo "setup.sh: created ${target}. Next: set the corpus path in ${target}/db.sh, adapt" \
-    "${target}/local/data.sh and the sets in ${target}/run.sh, then: cd ${target} && ./run.sh" >&2
+echo "setup.sh: created ${target}. Next: set the corpus path and TEACHER/TEACHER_FORMAT in ${target}/db.sh, adapt" \
+    "${target}/local/data.sh and the sets in ${target}/run.sh (the paper's training settings are in" \
+    "${target}/conf/*.yaml; their comments say how to shorten them for a first try), then: cd ${target} && ./run.sh" >&2

@@ -5,7 +5,7 @@ use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::RealBin/lib";
-use KaldiJob qw(parse_job_args job_script log_file usage_error);
+use KaldiJob qw(parse_job_args job_script log_file error_lines usage_error);
 
 my $usage = <<'EOF';
 Usage: run.pl [options] [JOB=1:N] <log> <command> [args ...]
@@ -40,9 +40,9 @@ my $threads = $options{num_threads} // 1;
 
 # Start jobs while fewer than max_jobs_run are running; count the failed ones as they end.
 my %running;  # pid => job id
-my $num_failed = 0;
+my @failed;   # ids of the failed jobs
 for my $id ($job->{first} .. $job->{last}) {
-    $num_failed += wait_for_one_job(\%running) if keys %running >= $max_jobs_run;
+    wait_for_one_job(\%running, \@failed) if keys %running >= $max_jobs_run;
     my $pid = fork() // fail("cannot fork: $!");
     if ($pid == 0) {
         exec('bash', '-c', job_script($job, $id, $threads, 'run.pl'))
@@ -50,22 +50,26 @@ for my $id ($job->{first} .. $job->{last}) {
     }
     $running{$pid} = $id;
 }
-$num_failed += wait_for_one_job(\%running) while %running;
+wait_for_one_job(\%running, \@failed) while %running;
 
-if ($num_failed > 0) {
+if (@failed) {
     my $num_jobs = $job->{last} - $job->{first} + 1;
-    print STDERR "run.pl: $num_failed / $num_jobs failed, log is in " . log_file($job, '*') . "\n";
+    print STDERR "run.pl: " . scalar(@failed) . " / $num_jobs failed, log is in " . log_file($job, '*') . "\n";
+    # Why the first of them failed, so that the console says it without opening the log.
+    my ($first) = sort { $a <=> $b } @failed;
+    my $log = log_file($job, $first);
+    print STDERR "run.pl: $log: $_\n" for error_lines($log, 3);
     exit 1;
 }
 exit 0;
 
-# Waits for one of the running jobs to end; returns 1 if it failed, else 0.
+# Waits for one of the running jobs to end; adds its id to @$failed if it failed.
 sub wait_for_one_job {
-    my ($running) = @_;
+    my ($running, $failed) = @_;
     my $pid = waitpid(-1, 0);
     fail("lost track of the running jobs") if $pid <= 0;
-    delete $running->{$pid};
-    return $? == 0 ? 0 : 1;
+    my $id = delete $running->{$pid};
+    push @$failed, $id if $? != 0;
 }
 
 sub number_of_cpus {

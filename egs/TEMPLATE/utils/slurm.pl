@@ -8,7 +8,7 @@ use File::Basename qw(basename dirname);
 use File::Path qw(make_path);
 use FindBin;
 use lib "$FindBin::RealBin/lib";
-use KaldiJob qw(parse_job_args job_script log_file ended_code usage_error);
+use KaldiJob qw(parse_job_args job_script log_file ended_code error_lines usage_error);
 
 my $default_config = <<'EOF';
 command sbatch --export=ALL
@@ -100,6 +100,9 @@ if ($num_failed > 0) {
     my $killed = $num_jobs - $num_ended;
     my $hint = $killed ? " ($killed never ended: Slurm's reason is in $qdir/$name*.out)" : '';
     print STDERR "slurm.pl: $num_failed / $num_jobs failed, log is in " . log_file($job, '*') . "$hint\n";
+    # Why the first job that ended with an error failed, so that the console says it without opening the log.
+    my ($first) = grep { defined $codes[$_] && $codes[$_] != 0 } 0 .. $#codes;
+    print STDERR "slurm.pl: $log_files[$first]: $_\n" for defined $first ? error_lines($log_files[$first], 3) : ();
     exit 1;
 }
 exit 0;

@@ -13,7 +13,7 @@ use warnings;
 use Cwd qw(getcwd);
 use Exporter qw(import);
 
-our @EXPORT_OK = qw(parse_job_args job_script log_file ended_code usage_error);
+our @EXPORT_OK = qw(parse_job_args job_script log_file ended_code error_lines usage_error);
 
 # Prints "<program>: <message>", then the usage text, to stderr and exits 1.
 sub usage_error {
@@ -107,6 +107,7 @@ start=\$(date +%s)
 printf '# %s\\n# Started at %s\\n' "\$command" "\$(date)" > "\$log_file" || exit 1
 bash -c "set -o pipefail; \$command" >> "\$log_file" 2>&1
 code=\$?
+[ -z "\$(tail -c 1 "\$log_file")" ] || echo >> "\$log_file"  # output cut mid-line (a progress bar, a kill)
 elapsed=\$(( \$(date +%s) - start ))
 printf '# Accounting: time=%d threads=%d\\n# Ended (code %d) at %s, elapsed time %d seconds\\n' \\
     "\$elapsed" $threads "\$code" "\$(date)" "\$elapsed" >> "\$log_file"
@@ -132,6 +133,30 @@ sub ended_code {
     }
     close($fh);
     return $code;
+}
+
+# What a failed job's log says about why, for the console: its last lines that name an error (error, Traceback,
+# exception, killed, failed, out of memory), at most $max; else its last line of output and its exit code (a
+# process killed by signal N ends with 128 + N). The launcher's "# " lines are left out, a progress bar's redraws
+# cut to the last one.
+sub error_lines {
+    my ($log_file, $max) = @_;
+    open(my $fh, '<', $log_file) or return ();
+    my (@lines, $code);
+    while (my $line = <$fh>) {
+        chomp $line;
+        $code = $1 if $line =~ /^# Ended \(code (\d+)\)/;
+        $line =~ s/.*\r//;
+        next if $line =~ /^# / || $line !~ /\S/;
+        $line = substr($line, 0, 400) . ' ...' if length($line) > 400;
+        push @lines, $line;
+    }
+    close($fh);
+    my @errors = grep { /error|traceback|exception|killed|failed|out of memory/i } @lines;
+    return @errors > $max ? @errors[-$max .. -1] : @errors if @errors;
+    my @shown = @lines ? ($lines[-1]) : ();
+    push @shown, "(no line names an error; the job ended with exit code $code)" if defined $code && @shown;
+    return @shown;
 }
 
 1;
