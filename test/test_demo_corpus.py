@@ -177,7 +177,7 @@ def test_noise_is_present_and_not_a_tone(corpus):
 def test_same_seed_gives_identical_files_other_seed_differs(corpus, tmp_path):
     audio, data, _ = corpus
     runs = {seed: subprocess.Popen([sys.executable, str(SYNTH), "--out-audio", str(tmp_path / f"a{seed}"),
-                                    "--out-data", str(tmp_path / f"d{seed}"), *TINY[:-4], "--seed", seed, "--nj", "1"],
+                                    "--out-data", str(tmp_path / f"d{seed}"), *TINY, "--seed", seed, "--nj", "1"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for seed in ("7", "8")}
     for proc in runs.values():
