@@ -14,10 +14,8 @@ The int8 model's drift (relative L2 error of the last hidden state vs PyTorch) i
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dphubert.export import OnnxEncoder, export_onnx, layer_drift  # noqa: E402
 from dphubert.models import Wav2Vec2Model, base_config, load_model  # noqa: E402
+from timing import interleaved  # bench/timing.py (this directory is on sys.path)
 
 ALL_GATES = dict(extractor_prune_conv_channels=True, encoder_prune_attention_heads=True,
                  encoder_prune_attention_layer=True, encoder_prune_feed_forward_intermediate=True,
@@ -64,18 +63,6 @@ def randomly_pruned(config, sparsity: float = 0.75, seed: int = 0) -> Wav2Vec2Mo
     print(f"  random pruning: {pruned.num_params() / 1e6:.2f}M of {full / 1e6:.2f}M parameters "
           f"(sparsity {1 - pruned.num_params() / full:.3f})")
     return pruned
-
-
-def interleaved(fns, repeats):
-    times = [[] for _ in fns]
-    for fn in fns:  # warm-up
-        fn()
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def bench_model(name, model, args, workdir):

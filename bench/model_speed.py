@@ -9,13 +9,12 @@ Each pair is timed interleaved (A, B, A, B, ...) and the medians are compared.
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 import torchaudio
 
 from dphubert.models import Wav2Vec2Model, base_config
+from timing import interleaved  # bench/timing.py (this directory is on sys.path)
 
 
 def torchaudio_copy(model: Wav2Vec2Model) -> torch.nn.Module:
@@ -26,18 +25,6 @@ def torchaudio_copy(model: Wav2Vec2Model) -> torch.nn.Module:
         state[key.replace("conv.weight_v", "conv.parametrizations.weight.original1")] = value
     reference.load_state_dict(state)
     return reference.eval()
-
-
-def interleaved(fns, repeats):
-    times = [[] for _ in fns]
-    for fn in fns:  # warm-up
-        fn()
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def train_step(model, x, with_params_term):

@@ -23,7 +23,6 @@ follows them).
 
 import argparse
 import json
-import statistics
 import time
 from typing import Dict, List
 
@@ -31,6 +30,7 @@ import torch
 
 from dphubert.models import Wav2Vec2Model, base_config
 from dphubert.models.macs import count_macs
+from timing import interleaved  # bench/timing.py (this directory is on sys.path)
 
 DEMO_CNN_KEPT = [126 / 128, 75 / 128, 81 / 128, 80 / 128, 97 / 128, 115 / 128, 128 / 128]
 
@@ -86,18 +86,6 @@ def pruned_to(full: dict, profile, quantity: str, target: float, seconds: float)
         sparsity = 1 - measure(scaled_config(full, profile, mid), quantity, seconds) / reference
         low, high = (mid, high) if sparsity > target else (low, mid)
     return scaled_config(full, profile, low)
-
-
-def interleaved(fns, repeats):
-    times = [[] for _ in fns]
-    for fn in fns:  # warm-up
-        fn()
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def main():

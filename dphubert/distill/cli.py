@@ -104,6 +104,29 @@ def load_data(path: Path, cfg: Dict[str, Any], args: argparse.Namespace, skipped
     return dataset
 
 
+def start_run(method: str, args: argparse.Namespace, exp_dir: Path, argv: Optional[List[str]]
+              ) -> Tuple[DistEnv, bool, logging.Logger, str]:
+    """What every training CLI does first: processes, the resume decision, ``train.log`` and the command line.
+
+    Returns (env, resume, logger, the command as typed).
+    """
+    env: DistEnv = setup_distributed(args.device)
+    # Workers that torchrun restarted after a lost worker (--max_restarts) resume the run they belong to.
+    restarted = resumes_after_restart(exp_dir, env)
+    resume = any_rank(args.resume, env) or restarted
+    if not resume:
+        check_fresh_experiment(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    note_training_agents(exp_dir, env)
+    log = setup_logging(exp_dir, env.is_main, env.rank)
+    command = f"python -m dphubert.bin.{method} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    log.info("%s (rank %d of %d, %s)", command, env.rank, env.world_size, env.device)
+    if restarted and not args.resume:
+        log.info("torchrun restarted the workers (--max_restarts): resuming from the last checkpoint in %s",
+                 exp_dir / "checkpoints")
+    return env, resume, log, command
+
+
 def log_batch_scaling(cfg: Dict[str, Any], env: DistEnv) -> None:
     """Say at start what the process count changes: the global batch, not the per-process batch or the lr."""
     per_step = cfg["batch_seconds"] * cfg["accum_grad"]
@@ -123,20 +146,7 @@ def run_training(args: argparse.Namespace, method: str,
     """
     cfg = load_config(method, args.config or default_config_path(method), overrides_from_args(args, method))
     exp_dir = Path(args.exp)
-    env: DistEnv = setup_distributed(args.device)
-    # Workers that torchrun restarted after a lost worker (--max_restarts) resume the run they belong to.
-    restarted = resumes_after_restart(exp_dir, env)
-    resume = any_rank(args.resume, env) or restarted
-    if not resume:
-        check_fresh_experiment(exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    note_training_agents(exp_dir, env)
-    log = setup_logging(exp_dir, env.is_main, env.rank)
-    command = f"python -m dphubert.bin.{method} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    log.info("%s (rank %d of %d, %s)", command, env.rank, env.world_size, env.device)
-    if restarted and not args.resume:
-        log.info("torchrun restarted the workers (--max_restarts): resuming from the last checkpoint in %s",
-                 exp_dir / "checkpoints")
+    env, resume, log, command = start_run(method, args, exp_dir, argv)
     log_batch_scaling(cfg, env)
 
     teacher = load_teacher(args.teacher, args.trust_checkpoint)

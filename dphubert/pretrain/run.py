@@ -11,19 +11,15 @@ the teacher file ``--out`` (a normal model file with a ``pretrain`` summary: ste
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 
-from dphubert.distill.cli import load_data, log_batch_scaling
+from dphubert.distill.cli import load_data, log_batch_scaling, start_run
 from dphubert.distill.config import load_config, overrides_from_args, write_config
-from dphubert.distill.distributed import (any_rank, barrier, note_training_agents, resumes_after_restart,
-                                          setup_distributed)
-from dphubert.distill.report import setup_logging
-from dphubert.distill.trainer import Trainer, check_fresh_experiment
+from dphubert.distill.distributed import barrier
+from dphubert.distill.trainer import Trainer
 from dphubert.models import save_model
 
 from .targets import FRAME_SAMPLES, LabelTargets, assign_labels, cluster_stats, load_or_compute_labels
@@ -42,16 +38,7 @@ def run_pretraining(args: argparse.Namespace, argv: Optional[List[str]]) -> Dict
     """Pretrain, write ``args.out``; returns the ``pretrain`` summary stored in it (rank 0; {} elsewhere)."""
     cfg = load_config(METHOD, args.config or CONF_PATH, overrides_from_args(args, METHOD))
     exp_dir = exp_dir_of(args)
-    env = setup_distributed(args.device)
-    restarted = resumes_after_restart(exp_dir, env)
-    resume = any_rank(args.resume, env) or restarted
-    if not resume:
-        check_fresh_experiment(exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    note_training_agents(exp_dir, env)
-    log = setup_logging(exp_dir, env.is_main, env.rank)
-    command = f"python -m dphubert.bin.{METHOD} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    log.info("%s (rank %d of %d, %s)", command, env.rank, env.world_size, env.device)
+    env, resume, log, command = start_run(METHOD, args, exp_dir, argv)
     log_batch_scaling(cfg, env)
 
     train_set = load_data(args.data, cfg, args, exp_dir / "skipped.txt" if env.is_main else None)
