@@ -78,8 +78,9 @@ def test_fused_adamw_and_compiled_layers_match_the_plain_run(speed, option):
     for key in plain:
         atol = 1e-3 if key.endswith("log_alpha") else 1e-4
         torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=atol, msg=key)
+    # The losses follow those weights: 1e-4 relative (fused vs foreach measured up to 1.1e-5 after 10 steps).
     for a, b in zip(history(exp), history(speed["plain"])):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["l1"] == pytest.approx(b["l1"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["l1"] == pytest.approx(b["l1"], rel=1e-4)
 
 
 def test_bf16_teacher_matches_the_fp32_losses_within_rounding(speed):
