@@ -8,7 +8,9 @@ install:
 	@bash tools/install.sh
 
 test: install
-	$(PYTHON) -m pytest -q test
+	# 2 processes of one thread each (a file's tests stay in one process: module fixtures); 2 threads each
+	# oversubscribe the cores and take as long as one process does
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2 --dist loadfile test
 
 demo: install
 	cd egs/demo && ./run.sh

@@ -66,9 +66,9 @@ TeacherFn = Callable[[dict, torch.Tensor, int], List[torch.Tensor]]
 
 # Config keys that define what the student learns: a resume with another value would train toward another target,
 # so it is refused. Other keys (schedule, batch, bookkeeping) may change on resume, with a warning.
-TARGET_KEYS = ("target_sparsity", "sparsity_warmup_steps", "prune_units", "distill_layers", "layer0",
-               "projection_groups", "pred_layers", "num_layers", "ffn_width", "target_params", "l1_weight",
-               "cos_weight", "l2_weight", "cos_type", "student_overrides")
+TARGET_KEYS = ("budget", "target_sparsity", "macs_target_sparsity", "sparsity_warmup_steps", "prune_units",
+               "distill_layers", "layer0", "projection_groups", "pred_layers", "num_layers", "ffn_width",
+               "target_params", "l1_weight", "cos_weight", "l2_weight", "cos_type", "student_overrides")
 
 
 class WarmupLinearDecay:
