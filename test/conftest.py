@@ -1,5 +1,9 @@
 """Shared fixtures: tiny model configs (the suite runs on a 2-core CPU)."""
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,3 +30,22 @@ def tiny_config(model_type: str = "hubert", large: bool = False, **overrides):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_recipe_dir(path: Path, run_args: str, backend: str = "local") -> Path:
+    """A corpus recipe as egs/<corpus> has it: the real stage script and utils (linked), the demo's path.sh and
+    cmd.sh (with `cmd_backend` set to `backend`), an empty db.sh and a run.sh calling dphubert.sh with
+    `run_args` followed by its own arguments. Callers add conf/, data/ and exp/ as their test needs."""
+    path.mkdir(parents=True)
+    os.symlink(REPO / "egs" / "TEMPLATE" / "utils", path / "utils")
+    os.symlink(REPO / "egs" / "TEMPLATE" / "dphubert.sh", path / "dphubert.sh")
+    shutil.copy(REPO / "egs" / "demo" / "path.sh", path / "path.sh")
+    cmd = (REPO / "egs" / "demo" / "cmd.sh").read_text()
+    (path / "cmd.sh").write_text(cmd.replace("\ncmd_backend=local\n", f"\ncmd_backend={backend}\n"))
+    (path / "db.sh").write_text("")
+    (path / "run.sh").write_text(f'#!/usr/bin/env bash\n./dphubert.sh {run_args} "$@"\n')
+    (path / "run.sh").chmod(0o755)
+    return path

@@ -26,7 +26,7 @@ import pytest
 import soundfile
 import torch
 
-from conftest import tiny_config
+from conftest import make_recipe_dir, tiny_config
 from dphubert.bin import distill_prune
 from dphubert.data import write_utt2num_samples
 from dphubert.distill.distributed import DistEnv, DistributedSetupError, check_same_inputs
@@ -124,18 +124,9 @@ def shared(tmp_path_factory):
 
 def make_recipe(shared: Path, path: Path, backend: str = "local") -> Path:
     """A corpus recipe as egs/<corpus> has it: the real stage script, utils, path.sh and cmd.sh (with backend)."""
-    path.mkdir()
-    os.symlink(REPO / "egs" / "TEMPLATE" / "utils", path / "utils")
-    os.symlink(REPO / "egs" / "TEMPLATE" / "dphubert.sh", path / "dphubert.sh")
-    shutil.copy(REPO / "egs" / "demo" / "path.sh", path / "path.sh")
-    cmd = (REPO / "egs" / "demo" / "cmd.sh").read_text()
-    (path / "cmd.sh").write_text(cmd.replace("cmd_backend=local", f"cmd_backend={backend}"))
+    make_recipe_dir(path, "--train_set train --valid_set dev --distill_prune_config conf/distill_prune.yaml", backend)
     shutil.copytree(REPO / "egs" / "demo" / "conf", path / "conf", ignore=shutil.ignore_patterns("*.yaml", "*.sh"))
     (path / "conf" / "distill_prune.yaml").write_text(CONFIG)
-    (path / "db.sh").write_text("")
-    (path / "run.sh").write_text('#!/usr/bin/env bash\n./dphubert.sh --train_set train --valid_set dev '
-                                 '--distill_prune_config conf/distill_prune.yaml "$@"\n')
-    (path / "run.sh").chmod(0o755)
     os.symlink(shared / "data", path / "data")
     (path / "exp").mkdir()
     os.symlink(shared / "teacher", path / "exp" / "teacher")

@@ -7,12 +7,13 @@ kills it with the trainer's DPHUBERT_CRASH_AFTER_STEP hook.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import make_recipe_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,16 +37,8 @@ done
 @pytest.fixture
 def recipe(tmp_path):
     """A recipe dir with a prepared data dir and teacher, linked to the real stage script and utils."""
-    recipe = tmp_path / "corpus"
-    recipe.mkdir()
-    os.symlink(REPO / "egs" / "TEMPLATE" / "utils", recipe / "utils")
-    os.symlink(REPO / "egs" / "TEMPLATE" / "dphubert.sh", recipe / "dphubert.sh")
-    for name in ("path.sh", "cmd.sh"):
-        shutil.copy(REPO / "egs" / "demo" / name, recipe / name)
-    (recipe / "db.sh").write_text("")
-    (recipe / "run.sh").write_text('#!/usr/bin/env bash\n./dphubert.sh --train_set train --valid_set dev '
-                                   '--tag x --python "$(pwd)/fake_python" "$@"\n')
-    (recipe / "run.sh").chmod(0o755)
+    recipe = make_recipe_dir(tmp_path / "corpus",
+                             '--train_set train --valid_set dev --tag x --python "$(pwd)/fake_python"')
     (recipe / "fake_python").write_text(FAKE_PYTHON)
     (recipe / "fake_python").chmod(0o755)
     (recipe / "data" / "train").mkdir(parents=True)
@@ -178,18 +171,9 @@ def test_a_killed_forced_stage3_is_resumed_by_a_plain_rerun(tmp_path):
     from dphubert.data import write_utt2num_samples
     from dphubert.models import Wav2Vec2Model, save_model
 
-    recipe = tmp_path / "corpus"
-    recipe.mkdir()
-    os.symlink(REPO / "egs" / "TEMPLATE" / "utils", recipe / "utils")
-    os.symlink(REPO / "egs" / "TEMPLATE" / "dphubert.sh", recipe / "dphubert.sh")
-    for name in ("path.sh", "cmd.sh"):
-        shutil.copy(REPO / "egs" / "demo" / name, recipe / name)
-    (recipe / "db.sh").write_text("")
+    recipe = make_recipe_dir(tmp_path / "corpus", "--train_set train --valid_set train --tag x")
     (recipe / "conf").mkdir()
     (recipe / "conf" / "distill_prune.yaml").write_text(CONFIG)
-    (recipe / "run.sh").write_text('#!/usr/bin/env bash\n./dphubert.sh --train_set train --valid_set train '
-                                   '--tag x "$@"\n')
-    (recipe / "run.sh").chmod(0o755)
     (recipe / "exp" / "teacher").mkdir(parents=True)
     save_model(Wav2Vec2Model(tiny_config("hubert")), recipe / "exp" / "teacher" / "teacher.pt")
     data = recipe / "data" / "train"

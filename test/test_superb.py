@@ -122,6 +122,20 @@ def test_run_downstream_train_then_evaluate_from_any_cwd(ks_setup, tmp_path):
     assert len(truth) == 7 and set(truth.values()) == {"yes", "no", "_unknown_", "_silence_"}
     assert accuracy == pytest.approx(100.0 * sum(predicted[k] == v for k, v in truth.items()) / len(truth))
 
+    # the same head on the model exported to ONNX, by s3prl's own override (README "Deployment")
+    onnx_file = tmp_path / "a.onnx"
+    export = _run(["-m", "dphubert.bin.export", "--model", str(ks_setup / "a.pt"), "--format", "onnx",
+                   "--out", str(onnx_file)], cwd=tmp_path)
+    assert export.returncode == 0, export.stderr[-3000:]
+    onnx_exp = tmp_path / "exp" / "ks_onnx"
+    override = f"args.upstream=dphubert_onnx,,args.upstream_ckpt={onnx_file},,args.expdir={onnx_exp}"
+    evaluate = _run(["-m", "dphubert.bin.superb", "--", "-m", "evaluate", "-e", str(exp / "dev-best.ckpt"),
+                     "-t", "test", "-o", override], cwd=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    used = yaml.safe_load(next(onnx_exp.glob("args_*.yaml")).read_text())
+    assert used["upstream"] == "dphubert_onnx" and used["upstream_ckpt"] == str(onnx_file)
+    assert dict(line.split() for line in (onnx_exp / "test_predict.txt").read_text().splitlines()) == predicted
+
 
 def test_superb_stage_writes_results_for_two_models(ks_setup, tmp_path):
     """Two models and the FBANK row (s3prl's fbank upstream), each value with n_test and its 95% interval."""

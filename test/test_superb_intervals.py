@@ -110,6 +110,38 @@ def test_pr_bootstrap_reproduces_s3prls_per_and_brackets_it(s3prl_experts, tmp_p
     assert 0.35 < (high4 - low4) / ((high - low) / 100) < 0.65
 
 
+def test_paired_difference_of_two_runs_on_the_same_utterances(s3prl_experts, tmp_path):
+    """Two KS runs written by s3prl's own expert (its log_records), 1000 clips, the second flipping 40 right ones
+    to wrong and 10 wrong ones to right: -3 points, beyond the paired interval though inside each run's Wilson
+    interval (+-2.8); identical runs give exactly 0."""
+    rng = np.random.default_rng(1)
+    n, classes = 1000, s3prl_experts["ks"].CLASSES
+    truth = rng.integers(0, 12, n)
+    first = np.where(rng.random(n) < 0.7, truth, (truth + 1) % 12)
+    right, wrong = np.flatnonzero(first == truth), np.flatnonzero(first != truth)
+    second = first.copy()
+    second[right[:40]] = (truth[right[:40]] + 2) % 12
+    second[wrong[:10]] = truth[wrong[:10]]
+    for name, predict in (("a", first), ("b", second)):
+        (tmp_path / name).mkdir()
+        _log(s3prl_experts["ks"], tmp_path / name, {
+            "loss": [0.5], "acc": [float(p == t) for p, t in zip(predict, truth)],
+            "filename": [f"word{t}/spk{i:04d}_nohash_0.wav" for i, t in enumerate(truth)],
+            "predict": [classes[p] for p in predict], "truth": [classes[t] for t in truth]})
+    a, b = (intervals.correct_per_utterance(tmp_path / name, "ks") for name in "ab")
+    assert len(a) == n and sum(a.values()) == len(right) and sum(b.values()) == len(right) - 30
+    diff, (low, high) = intervals.paired_difference(a, b)
+    assert diff == pytest.approx(-3.0)
+    assert low < -3.0 < high < 0.0
+    wilson_low, wilson_high = intervals.wilson(len(right), n)
+    assert high - low < 0.6 * 100 * (wilson_high - wilson_low)
+    assert intervals.paired_difference(a, a) == (0.0, (0.0, 0.0))
+    with pytest.raises(ValueError, match="same"):
+        intervals.paired_difference(a, dict(list(b.items())[:10]))
+    assert intervals.correct_per_utterance(tmp_path / "missing", "ks") is None
+    assert intervals.correct_per_utterance(tmp_path / "a", "pr") is None
+
+
 def test_tasks_without_files_have_no_interval(tmp_path):
     assert intervals.interval("ks", tmp_path) is None and intervals.interval("asv", tmp_path) is None
 

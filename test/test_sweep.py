@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from conftest import tiny_config
+from conftest import make_recipe_dir, tiny_config
 from dphubert.bin import sweep as sweep_cli
 from dphubert.models import Wav2Vec2Model, save_model
 from dphubert.models.macs import count_macs
@@ -169,18 +169,10 @@ done
 
 @pytest.fixture
 def recipe(tmp_path):
-    recipe = tmp_path / "corpus"
-    recipe.mkdir()
-    os.symlink(REPO / "egs" / "TEMPLATE" / "utils", recipe / "utils")
-    os.symlink(REPO / "egs" / "TEMPLATE" / "dphubert.sh", recipe / "dphubert.sh")
-    for name in ("path.sh", "cmd.sh"):
-        shutil.copy(REPO / "egs" / "demo" / name, recipe / name)
+    recipe = make_recipe_dir(tmp_path / "corpus",
+                             '--train_set train --valid_set dev --tag x --python "$(pwd)/fake_python"')
     (recipe / "conf").mkdir()
     shutil.copy(REPO / "egs" / "demo" / "conf" / "distill_prune.yaml", recipe / "conf" / "distill_prune.yaml")
-    (recipe / "db.sh").write_text("")
-    (recipe / "run.sh").write_text('#!/usr/bin/env bash\n./dphubert.sh --train_set train --valid_set dev '
-                                   '--tag x --python "$(pwd)/fake_python" "$@"\n')
-    (recipe / "run.sh").chmod(0o755)
     (recipe / "fake_python").write_text(FAKE_PYTHON.replace("REAL_PYTHON", sys.executable))
     (recipe / "fake_python").chmod(0o755)
     (recipe / "data" / "train").mkdir(parents=True)

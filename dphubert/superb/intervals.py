@@ -17,7 +17,7 @@ seed). Tasks without per-utterance files (QbE, SF, ASV, SD) get none: their valu
 
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -136,6 +136,31 @@ def interval(task_name: str, expdir: Path) -> Optional[Dict[str, object]]:
     low, high = wilson(*counts)
     return {"n_test": counts[1], "ci95": [100.0 * low, 100.0 * high],
             "rate_from_files": 100.0 * counts[0] / counts[1]}
+
+
+def correct_per_utterance(expdir: Path, task_name: str) -> Optional[Dict[str, bool]]:
+    """``{file: prediction is right}`` of a KS, SID or IC experiment dir, or None without its files."""
+    names = {"ks": ("test_predict.txt", "test_truth.txt", None), "sid": ("test_predict.txt", "test_truth.txt", None),
+             "ic": ("test_predict.csv", "test_truth.csv", ",")}.get(task_name)
+    if names is None or not all((Path(expdir) / name).is_file() for name in names[:2]):
+        return None
+    predicted, truths = (_read_pairs(Path(expdir) / name, names[2]) for name in names[:2])
+    return {name: predicted.get(name) == label for name, label in truths.items()}
+
+
+def paired_difference(a: Mapping[str, bool], b: Mapping[str, bool], samples: int = BOOTSTRAP_SAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> Tuple[float, Tuple[float, float]]:
+    """Accuracy of ``b`` minus that of ``a`` on the same utterances (percent) and its 95% percentile bootstrap
+    interval over utterances drawn with replacement. Pairing cancels the utterances both get right or both get
+    wrong, so the interval is much tighter than two independent Wilson intervals (which would be read as a tie)."""
+    if set(a) != set(b) or not a:
+        raise ValueError("the two results must cover the same, non-empty set of utterances")
+    names = sorted(a)
+    diff = np.array([float(b[n]) - float(a[n]) for n in names])
+    rng = np.random.default_rng(seed)
+    means = np.array([diff[rng.integers(0, diff.size, diff.size)].mean() for _ in range(samples)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return 100.0 * float(diff.mean()), (100.0 * float(low), 100.0 * float(high))
 
 
 def half_width(value: float, ci95: Sequence[float]) -> float:

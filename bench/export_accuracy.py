@@ -1,0 +1,79 @@
+"""Does the deployed model keep the accuracy? A stage-5 SUPERB head evaluated on PyTorch, ONNX fp32 and ONNX int8.
+
+    python bench/export_accuracy.py --model exp/demo_sp0.75/final/model.pt \\
+        --head exp/demo_sp0.75/superb/DPHuBERT/ks/dev-best.ckpt [--task ks] [--out exp/export_accuracy]
+
+The model is exported to ONNX fp32 and int8 (``python -m dphubert.bin.export``'s code), then s3prl's own
+``run_downstream -m evaluate`` scores the head's test set three times, with the upstream overridden to
+``dphubert_local`` (the model file in PyTorch) and to ``dphubert_onnx`` (each ONNX file):
+``-o args.upstream=dphubert_onnx,,args.upstream_ckpt=<file>,,args.expdir=<dir>``, the route README gives users.
+The head (featurizer weights and downstream) is the one trained on the PyTorch features and is not retrained.
+Printed: each engine's accuracy with its test-set size and Wilson 95% interval, and the difference to PyTorch
+paired over utterances (bootstrap 95% interval) with the utterances whose right/wrong status flips, as a table
+(also written to ``<out>/export_accuracy.md``). Classification tasks (KS, IC, SID).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dphubert.export import export_onnx  # noqa: E402
+from dphubert.models import load_model  # noqa: E402
+from dphubert.superb import intervals, results, running  # noqa: E402
+from dphubert.superb.tasks import TASKS  # noqa: E402
+
+
+def evaluate(head: Path, upstream: str, upstream_ckpt: Path, expdir: Path, split: str) -> str:
+    """s3prl's evaluate of ``head`` with another upstream; its per-utterance files land in ``expdir``."""
+    expdir.mkdir(parents=True, exist_ok=True)
+    override = (f"args.upstream={upstream},,args.upstream_ckpt={upstream_ckpt.resolve()},,"
+                f"args.expdir={expdir.resolve()}")
+    argv = running.with_config(["-m", "evaluate", "-e", str(head), "-t", split, "-o", override], {})  # + --device
+    return running.run_downstream(argv, log=expdir / "evaluate.log", quiet=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="the (pruned) model file the head was trained on")
+    parser.add_argument("--head", type=Path, required=True, help="the s3prl downstream checkpoint (dev-best.ckpt)")
+    parser.add_argument("--task", default="ks", choices=["ks", "ic", "sid"])
+    parser.add_argument("--out", type=Path, default=Path("exp/export_accuracy"))
+    args = parser.parse_args(argv)
+    task = TASKS[args.task]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    model = load_model(args.model).eval()
+    fp32, int8 = args.out / "model.onnx", args.out / "model.int8.onnx"
+    export_onnx(model, fp32)
+    export_onnx(model, int8, precision="int8")
+
+    engines = [("PyTorch fp32", "dphubert_local", args.model), ("onnxruntime fp32", "dphubert_onnx", fp32),
+               ("onnxruntime int8", "dphubert_onnx", int8)]
+    rows, reference = [], None
+    for name, upstream, ckpt in engines:
+        expdir = args.out / name.replace(" ", "_")
+        text = evaluate(args.head, upstream, ckpt, expdir, task.eval_split)
+        value = results.parse_metrics(task, text, source=str(expdir / "evaluate.log"))[task.metric.name]
+        correct = intervals.correct_per_utterance(expdir, task.name)
+        low, high = intervals.wilson(sum(correct.values()), len(correct))
+        row = f"| {name} | {len(correct)} | {value:.2f} [{100 * low:.1f}, {100 * high:.1f}]"
+        if reference is None:
+            reference = correct
+            row += " | (reference) | |"
+        else:
+            diff, (d_low, d_high) = intervals.paired_difference(reference, correct)
+            changed = sum(reference[u] != correct[u] for u in correct)
+            row += f" | {diff:+.2f} [{d_low:+.2f}, {d_high:+.2f}] | {changed} |"
+        rows.append(row)
+        print(row, flush=True)
+    table = "\n".join([f"| engine | n_test | {task.title} {task.metric.name} % [95% CI] | vs PyTorch, paired "
+                       f"[95% CI] | right/wrong flips |", "|---|---|---|---|---|", *rows])
+    (args.out / "export_accuracy.md").write_text(table + "\n")
+    print(f"\n{table}\n(written to {args.out / 'export_accuracy.md'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
