@@ -616,7 +616,20 @@ def test_baseline_too_small_to_match_names_the_recipe_fix(work, tmp_path, capsys
                                     *FAST, "--match", tmp_path / "pruned.pt"])
     error = capsys.readouterr().err.strip().splitlines()[-1]  # (after the INFO line of the command)
     assert status == 1 and error.startswith("python -m dphubert.bin.distilhubert: error: ")
-    assert str(tmp_path / "pruned.pt") in error and "--baseline false" in error and "smallest 1-layer" in error
+    assert str(tmp_path / "pruned.pt") in error and "--baseline auto" in error and "smallest 1-layer" in error
+    assert not (tmp_path / "exp" / "NOT_BUILT.txt").exists()
+
+    # --if-possible (the recipe's --baseline auto): no training, the reason in NOT_BUILT.txt, exit status 0
+    status = run_cli(distilhubert, ["--teacher", work["teacher"], "--data", work["varied"], "--exp", tmp_path / "exp",
+                                    *FAST, "--match", tmp_path / "pruned.pt", "--if-possible"])
+    assert status == 0 and not (tmp_path / "exp" / "last.pt").exists()
+    assert "smallest 1-layer" in (tmp_path / "exp" / "NOT_BUILT.txt").read_text()
+    # a size that fits, into the same dir: trained, and the stale NOT_BUILT.txt is gone
+    save_model(Wav2Vec2Model(tiny_config("hubert", encoder_num_layers=2)), tmp_path / "two_layers.pt")
+    status = run_cli(distilhubert, ["--teacher", work["teacher"], "--data", work["varied"], "--exp", tmp_path / "exp",
+                                    *FAST, "--max-steps", 2, "--match", tmp_path / "two_layers.pt", "--if-possible"])
+    assert status == 0 and (tmp_path / "exp" / "last.pt").exists()
+    assert not (tmp_path / "exp" / "NOT_BUILT.txt").exists()
 
 
 # ----- the CLIs end to end -----------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Usage::
     torchrun --nproc_per_node 4 -m dphubert.bin.distilhubert ...
 
 Output: ``exp/<tag>/last.pt``, a normal model file of the student (SUPERB evaluates it like any other), with the
-heads stored separately under ``distill_heads``.
+heads stored separately under ``distill_heads``. With ``--if-possible`` (the recipe's ``--baseline auto``, e.g.
+in a target sweep) a ``--match`` size below the smallest baseline this teacher allows is not an error: the reason
+goes to ``exp/<tag>/NOT_BUILT.txt`` and the log, nothing is trained, and the exit status is 0.
 """
 
 from __future__ import annotations
@@ -40,7 +42,17 @@ def get_parser():
     parser = training_parser(METHOD, __doc__)
     parser.add_argument("--match", type=Path, default=None,
                         help="size the student like this model file (e.g. the pruned DPHuBERT student)")
+    parser.add_argument("--if-possible", action="store_true",
+                        help="with --match: when no baseline can be that small, write NOT_BUILT.txt in --exp and "
+                             "exit 0 instead of failing")
     return parser
+
+
+class BaselineTooSmall(DistillConfigError):
+    """No DistilHuBERT-style student of this teacher can be as small as the --match model."""
+
+
+NOT_BUILT = "NOT_BUILT.txt"
 
 
 def target_from(args, cfg) -> Optional[int]:
@@ -60,9 +72,9 @@ def build_task(cfg, teacher, args) -> DistilHubertTask:
         if args.match is None:
             raise
         # The usual cause in a recipe: Step 1 pruned the CNN, which this baseline keeps whole.
-        raise DistillConfigError(f"the baseline cannot be as small as {args.match} ({e}); this teacher's CNN and "
-                                 f"positional conv alone leave no room: lower target_sparsity of Step 1, or run "
-                                 f"the recipe with --baseline false") from None
+        raise BaselineTooSmall(f"the baseline cannot be as small as {args.match} ({e}); this teacher's CNN and "
+                                 f"positional conv alone leave no room: lower target_sparsity of Step 1, or run the "
+                               f"recipe with --baseline auto (no baseline where none fits) or false") from None
     student = distilhubert_student(teacher, num_layers, ffn_width, cfg["student_overrides"])
     achieved = student.num_params()
     width = ffn_width if ffn_width is not None else "teacher's"
@@ -81,7 +93,16 @@ def build_task(cfg, teacher, args) -> DistilHubertTask:
 
 def _main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
-    run_training(args, METHOD, build_task, argv)
+    not_built = Path(args.exp) / NOT_BUILT
+    not_built.unlink(missing_ok=True)  # from an earlier attempt with another size
+    try:
+        run_training(args, METHOD, build_task, argv)
+    except BaselineTooSmall as e:
+        if not (args.if_possible and args.match is not None):
+            raise
+        logger.warning("no baseline trained: %s", e)
+        not_built.parent.mkdir(parents=True, exist_ok=True)
+        not_built.write_text(f"{e}\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

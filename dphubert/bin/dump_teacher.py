@@ -41,7 +41,8 @@ PROG = "python -m dphubert.bin.dump_teacher"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True, help="teacher model file")
     parser.add_argument("--data", type=Path, required=True, help="Kaldi data dir")
     parser.add_argument("--out", type=Path, required=True, help="output dir (resumed if it exists)")

@@ -480,7 +480,9 @@ def datadir_to_tsv(data_dir: DataDir, tsv: str | Path, root: str | Path | None =
                 f"(dump the audio to wav/flac first)"
             )
     paths = {utt: os.path.abspath(data_dir.wav_scp[utt]) for utt in data_dir.utt_ids}
-    root = os.path.abspath(root) if root is not None else os.path.commonpath([os.path.dirname(p) for p in paths.values()])
+    if root is None:
+        root = os.path.commonpath([os.path.dirname(p) for p in paths.values()])
+    root = os.path.abspath(root)
     missing = [utt for utt in data_dir.utt_ids if utt not in data_dir.utt2num_samples]
     counts = dict(data_dir.utt2num_samples)
     if missing:

@@ -47,7 +47,8 @@ def setup_logging(exp_dir: Optional[Path], is_main: bool, rank: int = 0) -> logg
 
 
 class TensorBoard:
-    """A SummaryWriter that is a no-op on ranks other than 0; ``purge_step`` drops events logged after a resume point."""
+    """A SummaryWriter that is a no-op on ranks other than 0; ``purge_step`` drops events logged after a resume
+    point."""
 
     def __init__(self, log_dir: Path, enabled: bool, purge_step: Optional[int] = None):
         self.writer = None

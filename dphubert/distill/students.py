@@ -46,7 +46,8 @@ def apply_overrides(config: Dict[str, Any], overrides: Dict[str, Any], source: s
 
 
 def gated_student(teacher: Wav2Vec2Model, prune_units, overrides: Optional[Dict[str, Any]] = None) -> Wav2Vec2Model:
-    """A copy of ``teacher`` with gates on ``prune_units`` (``conv``, ``head``, ``attlayer``, ``interm``, ``ffnlayer``)."""
+    """A copy of ``teacher`` with gates on ``prune_units`` (``conv``, ``head``, ``attlayer``, ``interm``,
+    ``ffnlayer``)."""
     config = apply_overrides(teacher.config, overrides or {})
     for unit, switch in PRUNE_UNITS.items():
         config[switch] = unit in prune_units

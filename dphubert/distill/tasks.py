@@ -145,5 +145,5 @@ class DistilHubertTask(DistillTask):
 
     def model_file(self) -> Dict[str, Any]:
         heads = {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()}
-        return checkpoint_dict(self.student, extra={"distill_heads": heads,
-                                                    "distill": {"method": self.method, "pred_layers": self.heads.layers}})
+        distill = {"method": self.method, "pred_layers": self.heads.layers}
+        return checkpoint_dict(self.student, extra={"distill_heads": heads, "distill": distill})

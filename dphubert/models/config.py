@@ -71,7 +71,8 @@ def normalize_config(config: Dict[str, Any], source: str = "config") -> Dict[str
         cfg.setdefault("encoder_num_buckets", 320)
         cfg.setdefault("encoder_max_distance", 800)
         cfg.setdefault("encoder_total_num_heads", [12] * n)
-        cfg["encoder_total_num_heads"] = _per_layer(cfg["encoder_total_num_heads"], n, "encoder_total_num_heads", source)
+        cfg["encoder_total_num_heads"] = _per_layer(cfg["encoder_total_num_heads"], n, "encoder_total_num_heads",
+                                                    source)
         cfg["encoder_remaining_heads"] = [list(map(int, h)) for h in cfg["encoder_remaining_heads"]]
         if len(cfg["encoder_remaining_heads"]) != n:
             raise ConfigError(f"{source}: encoder_remaining_heads has {len(cfg['encoder_remaining_heads'])} "

@@ -47,7 +47,7 @@ targets=                # a target sweep, e.g. "params:0.5 macs:0.75" (README: t
                         # in exp/<tag>_<budget><target>, stage 5 once for all, exp/<sweep_tag>/PARETO.md
 sweep_tag=              # the sweep's dir exp/<sweep_tag> [<tag>_sweep]
 final_distill_config=conf/final_distill.yaml
-baseline=false          # stage 4: also train the DistilHuBERT-style baseline of the same size
+baseline=false          # stage 4: also train the DistilHuBERT-style baseline of the same size (auto: where one fits)
 distilhubert_config=conf/distilhubert.yaml
 superb_tasks=           # stage 5: e.g. "ks ic pr"
 superb_opts=            # stage 5: extra options of dphubert.bin.superb_stage
@@ -75,7 +75,8 @@ Options (defaults in brackets):
   --distill_prune_config / --final_distill_config / --distilhubert_config FILE
   --distill_prune_opts \"...\"     extra distill_prune options (e.g. \"--budget macs --target-sparsity 0.6\")
   --targets \"params:0.5 macs:0.75\"  a target sweep: one exp dir per target, then exp/<sweep_tag>/PARETO.md
-  --baseline true|false          also train the DistilHuBERT-style baseline [${baseline}]
+  --baseline true|false|auto     also train the DistilHuBERT-style baseline; auto: only where one can be as
+                                 small as the student (else distilhubert/NOT_BUILT.txt says why) [${baseline}]
   --superb_tasks \"ks ic ...\"     SUPERB tasks of stage 5
   --config FILE                  read option defaults from FILE
 e.g.: ./run.sh --stage 3 --stop_stage 4 --ngpu 4
@@ -119,6 +120,10 @@ for _opt in resample downmix skip_bad_audio; do
         *) die "--${_opt} must be true or false, got '${!_opt}'" ;;
     esac
 done
+case "${baseline}" in
+    true|false|auto) ;;
+    *) die "--baseline must be true, false or auto, got '${baseline}'" ;;
+esac
 # torch shares one rendezvous store across torchrun's restarts, where a restarted group can read the lost workers'
 # addresses and fail once more: with restarts, every attempt gets a fresh store.
 [ "${max_restarts}" -eq 0 ] || export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
@@ -247,7 +252,9 @@ if [ -n "${targets}" ]; then
             fi
         fi
         models="${models} ${t_tag}=exp/${t_tag}/final/model.pt"
-        [ "${baseline}" = false ] || models="${models} ${t_tag}_distilhubert=exp/${t_tag}/distilhubert/model.pt"
+        # (--baseline auto: a target whose student is smaller than any baseline has none)
+        [ "${baseline}" = false ] || [ ! -f "exp/${t_tag}/distilhubert/model.pt" ] \
+            || models="${models} ${t_tag}_distilhubert=exp/${t_tag}/distilhubert/model.pt"
     done <<< "${plan}"
     results=
     if [ "${stop_stage}" -ge 5 ] && [ -n "${superb_tasks}" ]; then
@@ -388,14 +395,20 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
             ${python} -m dphubert.bin.package --model "${expdir}/final/last.pt" --teacher "${teacher_pt}" \
                 --out "${expdir}/final/model.pt" --release-out "${expdir}/final/model_release.pth"
         fi
-        if [ "${baseline}" = true ]; then
+        if [ "${baseline}" != false ]; then
             log "Stage 4: DistilHuBERT-style baseline of the same size -> ${expdir}/distilhubert"
+            if_possible=""
+            [ "${baseline}" = auto ] && if_possible="--if-possible"
+            rm -f "${expdir}/distilhubert/model.pt"  # a model of an earlier student size must not be reported
             ${cuda_cmd} $(train_opts) "$(train_log distilhubert)" \
                 $(launcher distilhubert 2) -m dphubert.bin.distilhubert --config "${distilhubert_config}" \
                 --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
-                --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" ${audio_opts} \
+                --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" ${audio_opts} ${if_possible} \
                 $(resume_flag "${expdir}/distilhubert")
-            if [ "${node_rank}" -eq 0 ]; then
+            if [ -f "${expdir}/distilhubert/NOT_BUILT.txt" ]; then
+                log "Stage 4: no baseline for this student (--baseline auto):" \
+                    "$(cat "${expdir}/distilhubert/NOT_BUILT.txt")"
+            elif [ "${node_rank}" -eq 0 ]; then
                 ${python} -m dphubert.bin.package --model "${expdir}/distilhubert/last.pt" \
                     --teacher "${teacher_pt}" --out "${expdir}/distilhubert/model.pt"
             fi
