@@ -129,6 +129,17 @@ def test_parse_options_boolean_only_takes_true_or_false(caller):
     assert caller("--use_fp16", "true").returncode == 0
 
 
+def test_parse_options_choices_widen_a_boolean(tmp_path):
+    """choices_<name> lists the values a true/false option also takes (dphubert.sh: --baseline auto)."""
+    text = CALLER.format(utils=UTILS).replace("use_fp16=false\n", 'use_fp16=false\nchoices_use_fp16="true false auto"\n')
+    script = write(tmp_path / "caller.sh", text, executable=True)
+    ok = run([script, "--use_fp16", "auto"], tmp_path)
+    assert ok.returncode == 0 and "use_fp16=auto" in ok.stdout and "leaked" not in ok.stdout
+    bad = run([script, "--use_fp16", "yes"], tmp_path)
+    assert bad.returncode == 1 and bad.stderr.strip() == (
+        f"{script}: option --use_fp16 takes one of: true false auto; got 'yes'")
+
+
 def test_parse_options_missing_value_is_an_error(caller):
     result = caller("--stage")
     assert result.returncode == 1

@@ -159,7 +159,14 @@ echo "$*" >> "$(dirname "$0")/calls.txt"
 prev=
 for a in "$@"; do
     case "${prev}" in
-        --exp) mkdir -p "${a}" && touch "${a}/last.pt" ;;
+        --exp) mkdir -p "${a}"
+               # as dphubert.bin.distilhubert --if-possible does for a student smaller than any baseline
+               if [ -n "${FAKE_TOO_SMALL:-}" ] && [[ "$* " == *" --if-possible "* ]] \
+                       && [[ "$* " == *" --match ${FAKE_TOO_SMALL} "* ]]; then
+                   echo "too small" > "${a}/NOT_BUILT.txt"
+               else
+                   touch "${a}/last.pt"
+               fi ;;
         --out) mkdir -p "$(dirname "${a}")" && touch "${a}" ;;
     esac
     prev=${a}
@@ -215,6 +222,29 @@ def test_sweep_runs_each_target_once_and_stage5_once(recipe):
     assert len(prune) == 1 and "--exp exp/x_macs0.5 " in prune[0]
     assert "exp/x_params0.5 finished stages 3-4; skipped" in result.stderr
     assert sum("superb_stage" in c for c in calls) == 1 and sum("sweep report" in c for c in calls) == 1
+
+
+def test_baseline_auto_leaves_out_the_baseline_that_cannot_be_built(recipe):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               FAKE_TOO_SMALL="exp/x_macs0.75/pruned.pt")
+    result = subprocess.run(["./run.sh", "--stage", "3", "--stop_stage", "5", "--baseline", "auto", "--targets",
+                             "params:0.5 macs:0.75", "--superb_tasks", "ks"], cwd=recipe, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = (recipe / "calls.txt").read_text().splitlines()
+    baselines = [c for c in calls if "dphubert.bin.distilhubert" in c]
+    assert len(baselines) == 2 and all("--if-possible" in c for c in baselines)
+    assert "Stage 4: no baseline for this student (--baseline auto): too small" in result.stderr
+    assert not (recipe / "exp" / "x_macs0.75" / "distilhubert" / "model.pt").exists()
+    assert (recipe / "exp" / "x_params0.5" / "distilhubert" / "model.pt").exists()
+    superb = [c for c in calls if "superb_stage" in c]
+    assert "x_params0.5_distilhubert=" in superb[0] and "x_macs0.75_distilhubert" not in superb[0]
+    assert (recipe / "exp" / "x_macs0.75" / ".done.4").is_file()
+
+    result = subprocess.run(["./run.sh", "--stage", "3", "--baseline", "maybe"], cwd=recipe, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].endswith("--baseline takes one of: true false auto; got 'maybe'")
 
 
 def test_sweep_item_that_does_not_parse_stops_the_recipe_in_one_line(recipe):

@@ -48,6 +48,7 @@ targets=                # a target sweep, e.g. "params:0.5 macs:0.75" (README: t
 sweep_tag=              # the sweep's dir exp/<sweep_tag> [<tag>_sweep]
 final_distill_config=conf/final_distill.yaml
 baseline=false          # stage 4: also train the DistilHuBERT-style baseline of the same size (auto: where one fits)
+choices_baseline="true false auto"
 distilhubert_config=conf/distilhubert.yaml
 superb_tasks=           # stage 5: e.g. "ks ic pr"
 superb_opts=            # stage 5: extra options of dphubert.bin.superb_stage

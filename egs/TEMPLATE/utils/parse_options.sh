@@ -13,7 +13,8 @@
 # Rules:
 #   --foo-bar X, --foo_bar X, --foo-bar=X  set the existing variable foo_bar to X;
 #                                          an option without such a variable is an error.
-#   A variable whose current value is true/false only accepts true or false.
+#   A variable whose current value is true/false only accepts true or false, unless the caller lists
+#   its other values in choices_<name> (e.g. choices_baseline="true false auto").
 #   --config FILE      sources FILE first (defaults), whatever its position among the options;
 #                      the other options then override it. May be given several times.
 #   --help, -h         prints the caller's $help_message and exits 0.
@@ -90,7 +91,13 @@ for _po_i in "${!_po_names[@]}"; do
         exit 1
     fi
     _po_old=${!_po_name}
-    if [[ "${_po_old}" == true || "${_po_old}" == false ]] \
+    _po_choices="choices_${_po_name}"
+    if [[ -n "${!_po_choices:-}" ]]; then
+        if [[ " ${!_po_choices} " != *" ${_po_value} "* ]]; then
+            echo "$0: option --${_po_name} takes one of: ${!_po_choices}; got '${_po_value}'" >&2
+            exit 1
+        fi
+    elif [[ "${_po_old}" == true || "${_po_old}" == false ]] \
             && [[ "${_po_value}" != true && "${_po_value}" != false ]]; then
         echo "$0: option --${_po_name} takes true or false, got '${_po_value}'" >&2
         exit 1
@@ -98,4 +105,4 @@ for _po_i in "${!_po_names[@]}"; do
     printf -v "${_po_name}" '%s' "${_po_value}"
 done
 
-unset _po_names _po_values _po_configs _po_config _po_option _po_value _po_name _po_old _po_i
+unset _po_names _po_values _po_configs _po_config _po_option _po_value _po_name _po_old _po_i _po_choices
