@@ -190,10 +190,15 @@ def _file_stamp(path: str) -> str:
     return f"{stat.st_size}@{stat.st_mtime_ns}"
 
 
+COST_TIE = 0.01  # costs within 1% of each other count as equal (a baseline is sized to just under its target)
+
+
 def pareto_front(points: Sequence[Point], task: str, cost: str, higher_better: bool) -> List[str]:
-    """Names of the models on the front: no other model is at most as costly with a metric at least as good and
-    is cheaper or clearly better. Where both have a 95% interval, a difference inside the intervals is a tie
-    (neither is better). FBANK is a reference, not a candidate."""
+    """Names of the models on the front (in the order given). From the cheapest up, a model joins when its metric is
+    better than that of every cheaper model already on the front, beyond the 95% intervals where both have one,
+    and no model of the same cost is better than it. A model tied with a cheaper front member stays off, and ties
+    do not chain (a model that clearly beats the cheapest member is not dropped because it ties a dropped one in
+    between). FBANK is a reference, not a candidate."""
     scored = [p for p in points if task in p.metrics and getattr(p, cost) is not None and p.kind != "fbank"]
 
     def better(a: Point, b: Point) -> bool:  # a's metric better than b's (beyond the intervals where known)
@@ -202,11 +207,15 @@ def pareto_front(points: Sequence[Point], task: str, cost: str, higher_better: b
             return ia[0] > ib[1] if higher_better else ia[1] < ib[0]
         return va > vb if higher_better else va < vb
 
-    def dominates(a: Point, b: Point) -> bool:
-        cost_a, cost_b = getattr(a, cost), getattr(b, cost)
-        return cost_a <= cost_b and not better(b, a) and (cost_a < cost_b or better(a, b))
+    def same_cost(a: Point, b: Point) -> bool:
+        return abs(getattr(a, cost) - getattr(b, cost)) <= COST_TIE * max(getattr(a, cost), getattr(b, cost))
 
-    return [p.name for p in scored if not any(dominates(q, p) for q in scored if q is not p)]
+    front: List[Point] = []
+    for p in sorted(scored, key=lambda q: getattr(q, cost)):
+        cheaper = [q for q in front if not same_cost(q, p)]
+        if all(better(p, q) for q in cheaper) and not any(better(q, p) for q in scored if same_cost(q, p)):
+            front.append(p)
+    return [p.name for p in scored if p in front]  # in the table's order
 
 
 COSTS = (("params", "parameters (M)", 1e6), ("macs", "GMACs per 10 s", 1e9), ("latency", "CPU latency (ms)", 1e-3))
@@ -249,8 +258,9 @@ def markdown(points: Sequence[Point], tasks: Mapping[str, dict], latency_seconds
         lines.append("| " + " | ".join(row) + " |")
     if task_names:
         lines += ["", "## Pareto fronts", "",
-                  "Per task and cost, the models that no other model matches at a lower cost or beats at the same "
-                  "cost (a metric difference inside both 95% intervals is a tie; FBANK is only a reference):", ""]
+                  "Per task and cost, in cost order: from the cheapest up, a model is on the front when it is "
+                  "better than every cheaper model on the front beyond both 95% intervals (a difference inside them "
+                  "is a tie; costs within 1% count as equal; FBANK is only a reference):", ""]
         for task in task_names:
             higher = tasks[task]["metrics"][0]["higher_better"]
             for cost, label, _ in COSTS:

@@ -150,6 +150,23 @@ def test_pareto_front_ignores_differences_inside_the_intervals():
     assert pareto_front([a, b, c, d], "ks", "params", higher_better=True) == ["a", "c"]
 
 
+def test_pareto_ties_do_not_chain():
+    """The demo sweep's KS values (2026-12-02): each model ties its cheaper neighbour, but the 1.53M student
+    clearly beats the cheapest; it and its same-size baseline (a hair smaller) stay on the front together."""
+    from dphubert.sweep import Point
+
+    def point(name, params, value, half, kind="dphubert"):
+        return Point(name, kind, params=params, metrics={"ks": (value, (value - half, value + half))})
+
+    points = [point("teacher", 3.59, 54.6, 3.1, "teacher"), point("p72", 0.861, 48.2, 3.1),
+              point("p72_base", 0.860, 47.9, 3.1, "distilhubert"), point("m50", 1.526, 57.1, 3.1),
+              point("m50_base", 1.520, 53.8, 3.1, "distilhubert"), point("m70", 0.585, 47.3, 3.1),
+              point("fbank", 0.0, 8.9, 1.8, "fbank")]
+    assert pareto_front(points, "ks", "params", higher_better=True) == ["m50", "m50_base", "m70"]
+    # without the MACs students: the teacher beats both 0.86M models beyond the intervals, which tie at one cost
+    assert pareto_front(points[:3], "ks", "params", higher_better=True) == ["teacher", "p72", "p72_base"]
+
+
 # ----- the recipe's sweep loop -----------------------------------------------------------------------------------
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 case "$*" in

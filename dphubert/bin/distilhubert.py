@@ -73,7 +73,7 @@ def build_task(cfg, teacher, args) -> DistilHubertTask:
             raise
         # The usual cause in a recipe: Step 1 pruned the CNN, which this baseline keeps whole.
         raise BaselineTooSmall(f"the baseline cannot be as small as {args.match} ({e}); this teacher's CNN and "
-                                 f"positional conv alone leave no room: lower target_sparsity of Step 1, or run the "
+                               f"positional conv alone leave no room: lower target_sparsity of Step 1, or run the "
                                f"recipe with --baseline auto (no baseline where none fits) or false") from None
     student = distilhubert_student(teacher, num_layers, ffn_width, cfg["student_overrides"])
     achieved = student.num_params()
