@@ -258,7 +258,7 @@ def markdown(points: Sequence[Point], tasks: Mapping[str, dict], latency_seconds
         lines.append("| " + " | ".join(row) + " |")
     if task_names:
         lines += ["", "## Pareto fronts", "",
-                  "Per task and cost, in cost order: from the cheapest up, a model is on the front when it is "
+                  "Per task and cost: from the cheapest up, a model is on the front when it is "
                   "better than every cheaper model on the front beyond both 95% intervals (a difference inside them "
                   "is a tie; costs within 1% count as equal; FBANK is only a reference):", ""]
         for task in task_names:

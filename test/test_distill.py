@@ -551,6 +551,30 @@ def test_training_cli_resamples_and_downmixes_when_asked(work, tmp_path, capsys)
     assert run_cli(distill_prune, [*args, "--exp", tmp_path / "ok", "--downmix", "--resample"]) == 0
 
 
+def test_inf_weights_are_never_saved(work, tmp_path, capsys, monkeypatch):
+    """An update that leaves a weight inf while its loss was finite: the save of that step is refused and the
+    error names the checkpoint before it (whose weights are finite)."""
+    step = torch.optim.AdamW.step
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    exp = tmp_path / "exp"
+    status = run_cli(distill_prune, ["--teacher", work["teacher"], "--data", work["varied"], "--exp", exp, *FAST,
+                                     "--max-steps", 6, "--save-interval", 1, "--target-sparsity", 0.2])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 1 and "step 2: the weights are not finite" in err, err
+    assert str(exp / "checkpoints" / "ckpt_step00000001.pt") in err
+    assert [p.name for p in (exp / "checkpoints").glob("ckpt_step*.pt")] == ["ckpt_step00000001.pt"]
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(work, tmp_path, capsys):
     exp = tmp_path / "exp"
     status = run_cli(distill_prune, ["--teacher", work["teacher"], "--data", work["varied"], "--exp", exp, *FAST,

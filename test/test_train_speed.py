@@ -94,7 +94,10 @@ def test_bf16_teacher_matches_the_fp32_losses_within_rounding(speed):
 
 
 def test_deferred_nan_check_stops_at_the_same_step_before_saving(speed, capsys):
-    """lr 30 diverges after a few steps (step 8 here): both checks name the same step, nothing is saved from it on."""
+    """lr 30 diverges after a few steps: both checks name the same step, nothing is saved from it on, and the last
+    checkpoint named holds finite weights. Which turns non-finite first, the loss or (at a save point, in an update
+    whose loss was still finite) the weights, depends on the CPU: step 8's loss on one, step 6's weights on an AMD
+    EPYC."""
     steps = {}
     for defer in ("false", "true"):
         exp = speed["root"] / f"nan_{defer}"
@@ -102,7 +105,7 @@ def test_deferred_nan_check_stops_at_the_same_step_before_saving(speed, capsys):
                                          "--max-steps", 20, "--save-interval", 3, "--log-interval", 5,
                                          "--defer-host-sync", defer])
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert status == 1 and "the loss is not finite" in err, err
+        assert status == 1 and ("the loss is not finite" in err or "the weights are not finite" in err), err
         steps[defer] = step = int(err.split("step ")[1].split(":")[0])
         saved = sorted(int(p.stem[len("ckpt_step"):]) for p in (exp / "checkpoints").glob("ckpt_step*.pt"))
         assert saved and max(saved) < step and not (exp / "last.pt").exists()

@@ -14,8 +14,8 @@ Files under ``exp/<tag>/``: ``checkpoints/ckpt_step<N>.pt`` (atomic writes, ever
 the end, the last ``keep_checkpoints`` kept), ``last.pt`` (the model file, at the end), ``train.log``,
 ``tensorboard/``, ``training.png``.
 
-Failure behaviour: a NaN/inf loss stops the run (NonFiniteLossError naming the step) without writing anything
-more, so the last checkpoint stays the last good one. With ``defer_host_sync`` (the default) the loss terms stay on
+Failure behaviour: a NaN/inf loss, or NaN/inf weights at a save point, stops the run (NonFiniteLossError naming
+the step) without writing anything more, so the last checkpoint stays the last good one. With ``defer_host_sync`` (the default) the loss terms stay on
 the device and are read, and checked for NaN/inf, only at log, validation and save points (no per-step host
 sync); the run then stops at the next such point, before anything is written after the bad step.
 
@@ -397,7 +397,20 @@ class Trainer:
         check_fresh_experiment(self.exp_dir)
         return False
 
+    def _check_weights_finite(self) -> None:
+        """A diverging run can turn weights inf in an update whose loss was still finite (seen on AMD CPUs at
+        lr 30): check them before they are saved, so that the last checkpoint stays a good one."""
+        finite = all(bool(torch.isfinite(v).all()) for v in self.task.state_dict().values() if v.is_floating_point())
+        if all_true(finite, self.env):
+            return
+        last = self.last_checkpoint or "none (no checkpoint was written yet)"
+        raise NonFiniteLossError(
+            f"step {self.step}: the weights are not finite after this step's update (training diverged); training "
+            f"stopped at step {self.step} before saving, the last good checkpoint is {last}; lower lr, check the "
+            f"audio, or use amp bf16/none and resume with --resume")
+
     def _save_checkpoint(self) -> None:
+        self._check_weights_finite()
         states = gather_objects(rng_state(), self.env)
         if not self.env.is_main:
             self.last_checkpoint = self.ckpt_dir / f"ckpt_step{self.step:08d}.pt"
