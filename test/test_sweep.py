@@ -35,6 +35,15 @@ def test_targets_parse_into_tags_and_distill_prune_options():
     assert targets[2].distill_prune_options()[-2:] == ["--macs-target-sparsity", "0.7"]
 
 
+def test_the_demo_sweep_setting_parses_and_runs_baselines_only_where_they_fit():
+    """egs/demo/conf/sweep.sh as the stage script reads it (sourced from the recipe dir, after conf/demo.sh)."""
+    out = subprocess.run(["bash", "-c", '. conf/sweep.sh && echo "${targets}|${baseline}|${superb_tasks}"'],
+                         cwd=REPO / "egs" / "demo", capture_output=True, text=True, check=True).stdout.strip()
+    targets, baseline, tasks = out.split("|")
+    assert [t.name for t in parse_targets(targets)] == ["params0.72", "params0.84", "macs0.5", "macs0.7"]
+    assert baseline == "auto" and tasks == "ks pr"
+
+
 @pytest.mark.parametrize("text,message", [
     ("macs=0.7", "item 'macs=0.7': expected <budget>:<target>"),
     ("params:", "item 'params:': expected <budget>:<target>"),
