@@ -1,7 +1,7 @@
 """Does the deployed model keep the accuracy? A stage-5 SUPERB head evaluated on PyTorch, ONNX fp32 and ONNX int8.
 
     python bench/export_accuracy.py --model exp/demo_sp0.75/final/model.pt \\
-        --head exp/demo_sp0.75/superb/DPHuBERT/ks/dev-best.ckpt [--task ks] [--out exp/export_accuracy]
+        --head exp/demo_sp0.75/superb/dphubert/ks/dev-best.ckpt [--task ks] [--out exp/export_accuracy]
 
 The model is exported to ONNX fp32 and int8 (``python -m dphubert.bin.export``'s code), then s3prl's own
 ``run_downstream -m evaluate`` scores the head's test set three times, with the upstream overridden to

@@ -15,9 +15,10 @@ the end, the last ``keep_checkpoints`` kept), ``last.pt`` (the model file, at th
 ``tensorboard/``, ``training.png``.
 
 Failure behaviour: a NaN/inf loss, or NaN/inf weights at a save point, stops the run (NonFiniteLossError naming
-the step) without writing anything more, so the last checkpoint stays the last good one. With ``defer_host_sync`` (the default) the loss terms stay on
-the device and are read, and checked for NaN/inf, only at log, validation and save points (no per-step host
-sync); the run then stops at the next such point, before anything is written after the bad step.
+the step) without writing anything more, so the last checkpoint stays the last good one. With ``defer_host_sync``
+(the default) the loss terms stay on the device and are read, and checked for NaN/inf, only at log, validation and
+save points (no per-step host sync); the run then stops at the next such point, before anything is written after
+the bad step.
 
 Speed options (config keys, README "Benchmarks"): ``defer_host_sync``, ``fused_adamw``, ``compile_layers`` (here)
 and ``teacher_precision`` (``OnlineTeacher``). ``timer`` (``dphubert.distill.timing.PhaseTimer``) splits each step
