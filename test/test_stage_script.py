@@ -15,8 +15,6 @@ import pytest
 
 from conftest import make_recipe_dir
 
-REPO = Path(__file__).resolve().parents[1]
-
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 echo "$*" >> "$(dirname "$0")/calls.txt"
 if [ -n "${FAIL_MODULE:-}" ] && [[ " $* " == *" dphubert.bin.${FAIL_MODULE} "* ]]; then
