@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dphubert.export import export_onnx  # noqa: E402
 from dphubert.models import load_model  # noqa: E402
+from dphubert.models.checkpoint import CheckpointError  # noqa: E402
 from dphubert.superb import intervals, results, running  # noqa: E402
 from dphubert.superb.tasks import TASKS  # noqa: E402
 
@@ -42,9 +43,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("exp/export_accuracy"))
     args = parser.parse_args(argv)
     task = TASKS[args.task]
+    if not args.head.is_file():
+        parser.error(f"--head {args.head}: no such file (stage 5 writes exp/<tag>/superb/<model>/<task>/"
+                     f"dev-best.ckpt)")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    model = load_model(args.model).eval()
+    try:
+        model = load_model(args.model).eval()
+    except CheckpointError as e:
+        parser.error(f"--model: {e}")
     fp32, int8 = args.out / "model.onnx", args.out / "model.int8.onnx"
     export_onnx(model, fp32)
     export_onnx(model, int8, precision="int8")
@@ -57,6 +64,9 @@ def main(argv=None) -> int:
         text = evaluate(args.head, upstream, ckpt, expdir, task.eval_split)
         value = results.parse_metrics(task, text, source=str(expdir / "evaluate.log"))[task.metric.name]
         correct = intervals.correct_per_utterance(expdir, task.name)
+        if not correct:
+            sys.exit(f"{expdir}: s3prl wrote no test predictions for {task.title} (see {expdir}/evaluate.log); "
+                     f"is --head a {task.title} head (--task)?")
         low, high = intervals.wilson(sum(correct.values()), len(correct))
         row = f"| {name} | {len(correct)} | {value:.2f} [{100 * low:.1f}, {100 * high:.1f}]"
         if reference is None:

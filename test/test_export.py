@@ -74,7 +74,8 @@ def test_int8_runs_and_reports_per_layer_drift(tmp_path):
     rows = layer_drift(model, encoder, waveforms, torch.tensor([12000, 7000]))
     assert [r["layer"] for r in rows] == [1, 3]
     for r in rows:  # quantised, so not exact; but close (random weights, no outliers)
-        assert 0 < r["relative_l2"] < 0.1, rows
+        # 0.012 with reduce_range; 0.117 without it on a CPU lacking VNNI (AMD EPYC: u8 x s8 saturation)
+        assert 0 < r["relative_l2"] < 0.05, rows
 
 
 def test_cli_exports_checks_and_rejects_bad_input_in_one_line(tmp_path, capsys):

@@ -49,7 +49,12 @@ def get_parser():
 
 
 class BaselineTooSmall(DistillConfigError):
-    """No DistilHuBERT-style student of this teacher can be as small as the --match model."""
+    """No DistilHuBERT-style student of this teacher can be as small as the --match model; ``reason`` without the
+    advice (what --if-possible records, where the advice would be moot)."""
+
+    def __init__(self, reason: str, advice: str):
+        super().__init__(f"{reason}; {advice}")
+        self.reason = reason
 
 
 NOT_BUILT = "NOT_BUILT.txt"
@@ -72,9 +77,10 @@ def build_task(cfg, teacher, args) -> DistilHubertTask:
         if args.match is None:
             raise
         # The usual cause in a recipe: Step 1 pruned the CNN, which this baseline keeps whole.
-        raise BaselineTooSmall(f"the baseline cannot be as small as {args.match} ({e}); this teacher's CNN and "
-                               f"positional conv alone leave no room: lower target_sparsity of Step 1, or run the "
-                               f"recipe with --baseline auto (no baseline where none fits) or false") from None
+        raise BaselineTooSmall(f"the baseline cannot be as small as {args.match} ({e})",
+                               "this teacher's CNN and positional conv alone leave no room: lower target_sparsity "
+                               "of Step 1, or run the recipe with --baseline auto (no baseline where none fits) or "
+                               "false") from None
     student = distilhubert_student(teacher, num_layers, ffn_width, cfg["student_overrides"])
     achieved = student.num_params()
     width = ffn_width if ffn_width is not None else "teacher's"
@@ -100,9 +106,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
     except BaselineTooSmall as e:
         if not (args.if_possible and args.match is not None):
             raise
-        logger.warning("no baseline trained: %s", e)
+        logger.warning("no baseline trained: %s", e.reason)
         not_built.parent.mkdir(parents=True, exist_ok=True)
-        not_built.write_text(f"{e}\n")
+        not_built.write_text(f"{e.reason}\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -401,7 +401,8 @@ class Trainer:
     def _check_weights_finite(self) -> None:
         """A diverging run can turn weights inf in an update whose loss was still finite (seen on AMD CPUs at
         lr 30): check them before they are saved, so that the last checkpoint stays a good one."""
-        finite = all(bool(torch.isfinite(v).all()) for v in self.task.state_dict().values() if v.is_floating_point())
+        flags = [torch.isfinite(v).all() for v in self.task.state_dict().values() if v.is_floating_point()]
+        finite = bool(torch.stack(flags).all()) if flags else True  # one host sync for all of them
         if all_true(finite, self.env):
             return
         last = self.last_checkpoint or "none (no checkpoint was written yet)"

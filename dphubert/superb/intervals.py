@@ -62,13 +62,24 @@ def _read_pairs(path: Path, sep: Optional[str]) -> Dict[str, str]:
     return pairs
 
 
-def _classification(expdir: Path, predict: str, truth: str, sep: Optional[str] = None) -> Optional[Tuple[int, int]]:
+# The test-split prediction/truth files of s3prl's classification experts (file names, field separator).
+CLASSIFICATION_FILES = {"ks": ("test_predict.txt", "test_truth.txt", None),
+                        "sid": ("test_predict.txt", "test_truth.txt", None),
+                        "ic": ("test_predict.csv", "test_truth.csv", ",")}
+
+
+def _correct(expdir: Path, predict: str, truth: str, sep: Optional[str] = None) -> Optional[Dict[str, bool]]:
+    """``{file: prediction is right}`` from one predict/truth file pair, or None without them."""
     predict_path, truth_path = expdir / predict, expdir / truth
     if not (predict_path.is_file() and truth_path.is_file()):
         return None
     predicted, truths = _read_pairs(predict_path, sep), _read_pairs(truth_path, sep)
-    right = sum(predicted.get(name) == label for name, label in truths.items())
-    return right, len(truths)
+    return {name: predicted.get(name) == label for name, label in truths.items()}
+
+
+def _classification(expdir: Path, predict: str, truth: str, sep: Optional[str] = None) -> Optional[Tuple[int, int]]:
+    correct = _correct(expdir, predict, truth, sep)
+    return None if correct is None else (sum(correct.values()), len(correct))
 
 
 def _edit_distance(a: List[str], b: List[str]) -> int:
@@ -114,10 +125,8 @@ def interval(task_name: str, expdir: Path) -> Optional[Dict[str, object]]:
     """``{"n_test": n, "ci95": [low, high]}`` (in the metric's percent) for one experiment dir, or None."""
     expdir = Path(expdir)
     counts = None
-    if task_name in ("ks", "sid"):
-        counts = _classification(expdir, "test_predict.txt", "test_truth.txt")
-    elif task_name == "ic":
-        counts = _classification(expdir, "test_predict.csv", "test_truth.csv", sep=",")
+    if task_name in CLASSIFICATION_FILES:
+        counts = _classification(expdir, *CLASSIFICATION_FILES[task_name])
     elif task_name == "er":
         counts = _er_counts(expdir)
     elif task_name in ("pr", "asr"):
@@ -140,12 +149,8 @@ def interval(task_name: str, expdir: Path) -> Optional[Dict[str, object]]:
 
 def correct_per_utterance(expdir: Path, task_name: str) -> Optional[Dict[str, bool]]:
     """``{file: prediction is right}`` of a KS, SID or IC experiment dir, or None without its files."""
-    names = {"ks": ("test_predict.txt", "test_truth.txt", None), "sid": ("test_predict.txt", "test_truth.txt", None),
-             "ic": ("test_predict.csv", "test_truth.csv", ",")}.get(task_name)
-    if names is None or not all((Path(expdir) / name).is_file() for name in names[:2]):
-        return None
-    predicted, truths = (_read_pairs(Path(expdir) / name, names[2]) for name in names[:2])
-    return {name: predicted.get(name) == label for name, label in truths.items()}
+    files = CLASSIFICATION_FILES.get(task_name)
+    return None if files is None else _correct(Path(expdir), *files)
 
 
 def paired_difference(a: Mapping[str, bool], b: Mapping[str, bool], samples: int = BOOTSTRAP_SAMPLES,
