@@ -128,8 +128,14 @@ def write_speech_commands(out_audio, utts, noise_bank, seed):
                 link_or_copy(u.wav_path, test_root / label / file_name)
     noise_dir = train_root / "_background_noise_"
     noise_dir.mkdir(parents=True, exist_ok=True)
+    # One-second files: s3prl's _silence_ class crops a random second out of a noise file at every draw; from a
+    # one-second file that crop is the file itself, so a frozen upstream's memoised features are reused
+    # (stage 5's feature cache) instead of recomputed for a new crop in nearly every batch.
     for kind, signal in noise_bank.items():
-        sf.write(noise_dir / f"{kind}_noise.wav", BACKGROUND_NOISE_GAIN * signal, SAMPLE_RATE, subtype="PCM_16")
+        for number in range(len(signal) // SAMPLE_RATE):
+            second = signal[number * SAMPLE_RATE:(number + 1) * SAMPLE_RATE]
+            sf.write(noise_dir / f"{kind}_noise_{number:03d}.wav", BACKGROUND_NOISE_GAIN * second, SAMPLE_RATE,
+                     subtype="PCM_16")
     _write_lines(train_root / "validation_list.txt", sorted(lists["dev"]))
     _write_lines(train_root / "testing_list.txt", sorted(lists["test"]))
     return train_root, test_root
