@@ -255,9 +255,14 @@ def test_s3prl_speech_commands_reads_the_layout(corpus, s3prl_ready, tmp_path):
         wav, label, _ = dataset[0]
         assert wav.shape == (16000,) and 0 <= label < len(CLASSES)
     silence = [i for i, (label, _) in enumerate(expert.train_dataset.data) if label == "_silence_"]
-    assert len(silence) == 5  # one per background-noise file
+    assert len(silence) == 5 * 60  # 5 noise kinds x 60 one-second files
     wav, label, _ = expert.train_dataset[silence[0]]
     assert wav.shape == (16000,) and CLASSES[label] == "_silence_"
+    # s3prl crops a random second per draw; from a one-second file every draw is the same waveform, which is
+    # what lets stage 5's feature cache reuse the silence class's features
+    for index in silence[:3]:
+        first, second = expert.train_dataset[index][0], expert.train_dataset[index][0]
+        np.testing.assert_array_equal(first, second)
     wavs, labels, _ = next(iter(expert.get_dataloader("test")))
     assert len(wavs) == len(labels) > 0
 
@@ -274,6 +279,18 @@ def test_s3prl_fluent_commands_reads_the_layout(corpus, s3prl_ready, tmp_path):
         for idx in range(len(dataset)):  # every dev/test label value must be known from train
             wav, label, _ = dataset[idx]
             assert wav.ndim == 1 and len(wav) > 16000 * 0.5 and label.shape == (3,)
+
+
+def test_quick_sid_never_crops_the_demo_utterances(corpus):
+    """s3prl crops SID training utterances longer than max_timestep at random (a new waveform per draw, which the
+    feature cache cannot reuse); quick mode's limit must hold every demo utterance whole."""
+    from dphubert.superb.configs import quick_overrides
+    from dphubert.superb.tasks import TASKS
+
+    audio, _, _ = corpus
+    limit = quick_overrides(TASKS["sid"])["downstream_expert.datarc.max_timestep"]
+    lengths = [sf.info(str(p)).frames for p in (audio / "VoxCeleb1").glob("*/wav/*/*/*.wav")]
+    assert lengths and max(lengths) <= limit
 
 
 def test_s3prl_voxceleb1_reads_the_layout(corpus, s3prl_ready, tmp_path, monkeypatch):

@@ -68,6 +68,25 @@ def test_base_layout_matches_torchaudio_parameter_count():
     assert 0.09 < sparsity < 0.11, f"initial expected sparsity {sparsity}: FFN gates start at p ~ 0.83"
 
 
+@pytest.mark.parametrize("groups", [4, 8, 16])
+def test_bf16_positional_conv_matches_fp32_on_cpu(groups):
+    """bf16 weights or bf16 autocast give the fp32 positional conv within bf16 rounding. On AVX512-BF16 CPUs
+    oneDNN's bf16 grouped conv1d is wrong at 12 or 6 channels per group (torch 2.14.1 on an Intel Xeon: 110-130%
+    relative error; 3 is right), which made the bf16 online teacher's targets wrong; on such a CPU this fails
+    without the float32 fallback in WeightNormConv1d."""
+    torch.manual_seed(0)
+    fp32 = Wav2Vec2Model(tiny_config("hubert", encoder_pos_conv_kernel=16, encoder_pos_conv_groups=groups)).eval()
+    x = torch.randn(2, 150, 48)  # (batch, frames, embed_dim)
+    with torch.no_grad():
+        reference = fp32.encoder.transformer.pos_conv_embed(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = fp32.encoder.transformer.pos_conv_embed(x.bfloat16())
+        bf16 = fp32.to(torch.bfloat16).encoder.transformer.pos_conv_embed(x.bfloat16())
+    assert autocast.dtype == bf16.dtype == torch.bfloat16
+    for out in (autocast, bf16):
+        assert ((out.float() - reference).abs().max() / reference.abs().max()).item() < 2e-2
+
+
 @pytest.mark.parametrize("model_type,large", VARIANTS)
 def test_padded_batch_equals_items_alone(model_type, large):
     model = Wav2Vec2Model(tiny_config(model_type, large, **ALL_GATES)).eval()

@@ -155,6 +155,13 @@ class WeightNormConv1d(nn.Module):
         return torch._weight_norm(self.weight_v, self.weight_g, 2)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and (x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+            # oneDNN's bf16 grouped conv1d is wrong on AVX512-BF16 CPUs at some group widths (torch 2.14.1: 4, 6, 8
+            # or 12 channels per group off by up to 130%; 3, 15, 16, 24, 48 right), so on CPU it runs in float32.
+            with torch.autocast("cpu", enabled=False):
+                out = F.conv1d(x.float(), self.weight().float(), self.bias.float(), padding=self.padding,
+                               groups=self.groups)
+            return out.to(x.dtype)
         return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
 
 
