@@ -104,6 +104,33 @@ def test_padded_batch_equals_items_alone(model_type, large):
             assert diff < 1e-4, f"item {i} layer {layer}: {diff}"
 
 
+def test_padded_batch_gradients_equal_items_alone():
+    """With gradients on, the CNN's per-item group norm takes its out-of-place path: same states, and each item's
+    gradient (input and weights) as when it runs alone."""
+    model = Wav2Vec2Model(tiny_config("hubert")).eval()
+    lengths = torch.tensor([8000, 6100, 4321])
+    x = torch.randn(3, 8000, requires_grad=True)
+    states, out_lengths = model.extract_features(x, lengths)
+    no_grad_states, _ = _states(model, x.detach(), lengths)
+    weights = [torch.randn_like(s) for s in states]
+    loss = sum((w[i, :n] * s[i, :n]).sum() for w, s in zip(weights, states) for i, n in enumerate(out_lengths))
+    loss.backward()
+    for a, b in zip(states, no_grad_states):
+        for i, n in enumerate(out_lengths):
+            assert torch.allclose(a[i, :n], b[i, :n], atol=1e-5)
+    conv_grad = model.feature_extractor.conv_layers[0].conv.weight.grad.clone()
+    summed = torch.zeros_like(conv_grad)
+    for i, n in enumerate(lengths.tolist()):
+        model.zero_grad()
+        item = x.detach()[i:i + 1, :n].clone().requires_grad_(True)
+        alone, _ = model.extract_features(item)
+        sum((w[i:i + 1, :s.size(1)] * s).sum() for w, s in zip(weights, alone)).backward()
+        assert torch.allclose(x.grad[i, :n], item.grad[0], atol=1e-5)
+        assert not x.grad[i, n:].any()  # the padding gets no gradient
+        summed += model.feature_extractor.conv_layers[0].conv.weight.grad
+    assert (conv_grad - summed).abs().max() / summed.abs().max() < 1e-4
+
+
 def test_training_mode_samples_gates_and_expected_params_is_differentiable():
     model = Wav2Vec2Model(tiny_config("hubert", **ALL_GATES)).train()
     x = torch.randn(2, 4000)

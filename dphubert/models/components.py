@@ -64,11 +64,14 @@ class ConvLayerBlock(nn.Module):
 
     def _conv(self, x: Tensor) -> Tensor:
         if self.conv.in_channels == 1:
-            # On a 1-channel waveform the strided conv is one matmul over unfolded frames: ~2x faster on CPU
-            # than conv1d, and exact.
-            frames = x.squeeze(1).unfold(1, self.kernel_size, self.stride)
-            weight = self.conv.weight.view(self.conv.out_channels, self.kernel_size)
-            return F.linear(frames, weight, self.conv.bias).transpose(1, 2).contiguous()
+            # On a 1-channel waveform the strided conv is one batched matmul over unfolded frames, exact. Weight
+            # first, it writes (batch, channels, frames) directly: 2x faster than conv1d on CPU, 6x faster than
+            # frames-first with a transposing copy (that copy cost 5x the matmul). bmm, not matmul: matmul folds
+            # a weight that requires grad into that same transposed layout, even under no_grad.
+            frames = x.squeeze(1).unfold(1, self.kernel_size, self.stride).transpose(1, 2)
+            weight = self.conv.weight.view(1, self.conv.out_channels, self.kernel_size)
+            out = torch.bmm(weight.expand(x.size(0), -1, -1), frames)
+            return out if self.conv.bias is None else out + self.conv.bias[:, None]
         return self.conv(x)
 
     def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
@@ -88,13 +91,21 @@ class ConvLayerBlock(nn.Module):
         norm = self.layer_norm
         if lengths is None or bool((lengths == x.size(-1)).all()):
             return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        # Statistics over each item's valid frames only (HF and fairseq include the padding here).
-        valid = (~lengths_to_padding_mask(lengths, x.size(-1))).unsqueeze(1).to(x.dtype)
-        count = lengths.clamp(min=1).to(x.dtype)[:, None, None]
-        mean = (x * valid).sum(-1, keepdim=True) / count
-        var = ((x - mean).square() * valid).sum(-1, keepdim=True) / count
-        x = (x - mean) * torch.rsqrt(var + norm.eps)
-        return x * norm.weight[None, :, None] + norm.bias[None, :, None]
+        # Statistics over each item's valid frames only (HF and fairseq include the padding here): the fused kernel
+        # on each item's valid frames (3-6x faster on CPU than masked sums over the batch), zeros in the padding,
+        # which no later layer reads for a valid frame.
+        lengths = lengths.tolist()
+        if not torch.is_grad_enabled():  # written in place: one copy less
+            out = x.new_zeros(x.shape)
+            for i, n in enumerate(lengths):
+                if n > 0:
+                    out[i, :, :n] = F.group_norm(x[i:i + 1, :, :n], norm.num_groups, norm.weight, norm.bias,
+                                                 norm.eps)[0]
+            return out
+        # With gradients, slice assignments would clone the whole gradient once per item: padded items, one cat.
+        items = [F.group_norm(x[i:i + 1, :, :n], norm.num_groups, norm.weight, norm.bias, norm.eps) if n > 0
+                 else x[i:i + 1, :, :0] for i, n in enumerate(lengths)]
+        return torch.cat([F.pad(item, (0, x.size(-1) - item.size(-1))) for item in items])
 
 
 class FeatureExtractor(nn.Module):
