@@ -338,12 +338,12 @@ def test_feature_cache_gives_the_expert_states(ks_setup):
 
     plain = UpstreamExpert(str(ks_setup / "a.pt")).eval()
     cached = feature_cache.dphubert_cached(str(ks_setup / "a.pt")).eval()
-    wavs = [torch.randn(16000), torch.randn(9000), torch.randn(12000)]
+    wavs = [torch.randn(16000), torch.randn(9000), torch.randn(12000), torch.randn(11500), torch.randn(15800)]
     with torch.no_grad():
         expected = plain(wavs)["hidden_states"]
         first = cached(wavs[:2])["hidden_states"]          # computes and stores 2 waveforms
-        second = cached(wavs)["hidden_states"]             # 2 hits, 1 miss
-    assert (cached.cache.hits, cached.cache.misses) == (2, 3)
+        second = cached(wavs)["hidden_states"]             # 2 hits, 3 misses in 2 groups (12000 + 11500, 15800)
+    assert (cached.cache.hits, cached.cache.misses) == (2, 5)
     lengths = plain.model.output_lengths(torch.tensor([len(w) for w in wavs]))
     for layer in range(len(expected)):
         assert second[layer].shape == expected[layer].shape
@@ -351,6 +351,19 @@ def test_feature_cache_gives_the_expert_states(ks_setup):
             assert torch.allclose(second[layer][i, :n], expected[layer][i, :n], atol=1e-4)
             assert torch.all(second[layer][i, n:] == 0)
         assert torch.allclose(first[layer][0, :lengths[0]], expected[layer][0, :lengths[0]], atol=1e-4)
+
+
+def test_similar_length_groups_bound_the_padding():
+    from dphubert.superb.feature_cache import similar_length_groups
+
+    assert similar_length_groups([16000] * 5) == [[0, 1, 2, 3, 4]]  # equal clips (KS): one batch
+    lengths = [16000, 48000, 16500, 30000, 47000, 15800, 1000]
+    groups = similar_length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert groups == [[1, 4], [3], [2, 0, 5], [6]]
+    for group in groups:  # at most 10% of a group's samples are padding
+        assert len(group) * max(lengths[i] for i in group) <= 1.1 * sum(lengths[i] for i in group)
+    assert similar_length_groups([]) == []
 
 
 def test_cached_fbank_is_s3prls_fbank():

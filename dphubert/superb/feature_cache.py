@@ -11,6 +11,10 @@ every item of a padded batch the states it has alone); frames past a shorter ite
 Featurizer may keep by rounding, are zeros instead of the model's output on padding. Augmented inputs
 (random crops, noise) simply miss the cache. Gradients (``-f``, a trainable upstream) bypass it.
 
+The waveforms a batch misses run in groups of similar length (``similar_length_groups``: at most 10% of a
+group's samples are padding) instead of as s3prl's one padded batch: on a CPU a 16-utterance IC batch of 1-3 s
+took half the time (0.26 s against 0.53 s, demo teacher, one thread); equal-length clips (KS) stay one batch.
+
 ``fbank_cached`` does the same for s3prl's own ``fbank`` upstream (the FBANK baseline row): its features are
 computed per waveform anyway (Kaldi fbank, deltas, per-utterance CMVN), so the memoised ones are identical.
 """
@@ -78,6 +82,23 @@ def _digest(wav: Tensor) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+def similar_length_groups(lengths: List[int], max_padding: float = 0.1) -> List[List[int]]:
+    """Indices into ``lengths`` in groups to run as one padded batch each, with at most ``max_padding`` of a
+    group's samples padding: longest first, an item joins the group while the padding stays within the bound."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: List[List[int]] = []
+    for i in order:
+        if groups:
+            group = groups[-1]
+            longest = lengths[group[0]]
+            valid = sum(lengths[j] for j in group) + lengths[i]
+            if (len(group) + 1) * longest <= (1 + max_padding) * valid:
+                group.append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
 class CachedUpstreamExpert(UpstreamExpert):
     def __init__(self, ckpt: str, model_config: str = None, refresh: bool = False, **kwargs):
         super().__init__(ckpt, model_config, refresh, **kwargs)
@@ -91,14 +112,14 @@ class CachedUpstreamExpert(UpstreamExpert):
         keys = [_digest(w) for w in wavs]
         found = {k: self.cache.get(k) for k in dict.fromkeys(keys)}
         missing = [k for k, states in found.items() if states is None]
-        if missing:
-            first = {k: keys.index(k) for k in missing}
-            batch = [wavs[first[k]] for k in missing]
+        first = {k: keys.index(k) for k in missing}
+        for group in similar_length_groups([len(wavs[first[k]]) for k in missing]):
+            batch = [wavs[first[missing[i]]] for i in group]
             states = super().forward(batch)["hidden_states"]
             lengths = self.model.output_lengths(torch.tensor([len(w) for w in batch], device=batch[0].device))
-            for j, key in enumerate(missing):
-                found[key] = [h[j, :int(lengths[j])].clone() for h in states]
-                self.cache.put(key, found[key])
+            for j, i in enumerate(group):
+                found[missing[i]] = [h[j, :int(lengths[j])].clone() for h in states]
+                self.cache.put(missing[i], found[missing[i]])
         items = [found[k] for k in keys]
         frames = max(item[0].shape[0] for item in items)
         hidden = []
