@@ -21,19 +21,6 @@ from dphubert.superb import linear_backward  # noqa: E402
 from timing import interleaved  # bench/timing.py (this directory is on sys.path)
 
 
-def s3prl_originals():
-    """s3prl's unpatched functions (run_downstream installs ours over them), from fresh copies of its modules."""
-    import importlib.util
-
-    fresh = {}
-    for name in ("s3prl.upstream.interfaces", "s3prl.downstream.model"):
-        spec = importlib.util.spec_from_file_location(f"fresh_{name}", importlib.util.find_spec(name).origin)
-        fresh[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(fresh[name])
-    return (fresh["s3prl.upstream.interfaces"].Featurizer.tolist, torch.nn.utils.rnn.pad_sequence,
-            fresh["s3prl.downstream.model"].MeanPooling.forward)
-
-
 def head_step(helpers, states, wavs, lengths, weights, projector, classifier):
     tolist, pad_sequence, mean_pooling = helpers
     weights.grad = None
@@ -61,8 +48,10 @@ def main(argv=None):
     from dphubert.superb import running
 
     running.setup()
-    s3prl_helpers = s3prl_originals()
-    ours = (linear_backward.featurizer_tolist, linear_backward.pad_sequence, linear_backward.mean_pooling_forward)
+    names = ("featurizer_tolist", "pad_sequence", "mean_pooling_forward")
+    s3prl_own = linear_backward.s3prl_originals()
+    s3prl_helpers = tuple(s3prl_own[name] for name in names)
+    ours = tuple(getattr(linear_backward, name) for name in names)
     projector, classifier = torch.nn.Linear(args.dim, 256), torch.nn.Linear(256, 12)
     print(f"utterance-level head step, {args.layers} x {args.dim}-dim states, up to {args.frames} frames, 1 thread, "
           f"{args.repeats} interleaved repeats")

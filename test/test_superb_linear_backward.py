@@ -1,27 +1,19 @@
 """dphubert.superb.linear_backward gives s3prl's own values and gradients, bit for bit.
 
-The references are s3prl's functions as s3prl ships them: ``s3prl/upstream/interfaces.py`` and
-``s3prl/downstream/model.py`` are executed afresh from the installed package (so that a patch installed by another
-test in this process cannot stand in for the original), and torch's own ``pad_sequence``.
+The references are s3prl's functions as s3prl ships them (``linear_backward.s3prl_originals``:
+``s3prl/upstream/interfaces.py`` and ``s3prl/downstream/model.py`` executed afresh from the installed package, so
+that a patch installed by another test in this process cannot stand in for the original), and torch's own
+``pad_sequence``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from dphubert.superb import linear_backward
-
-
-def fresh_s3prl_module(name: str):
-    """A new, unpatched copy of an installed s3prl module."""
-    spec = importlib.util.find_spec(name)
-    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(f"fresh_{name}", spec.origin))
-    module.__spec__.loader.exec_module(module)
-    return module
 
 
 def values_and_gradients(function, leaves):
@@ -56,7 +48,7 @@ def test_pad_sequence_matches_torch(batch_first, padding_value):
 
 
 def test_featurizer_tolist_and_mean_pooling_match_s3prl():
-    interfaces, model = fresh_s3prl_module("s3prl.upstream.interfaces"), fresh_s3prl_module("s3prl.downstream.model")
+    s3prl_own = linear_backward.s3prl_originals()
     featurizer = SimpleNamespace(downsample_rate=160)
     wavs = [torch.zeros(n * 160) for n in (7, 12, 3, 12)]
     weight = torch.tensor([0.3, 0.7], requires_grad=True)  # as s3prl's learned layer weights feed tolist
@@ -66,7 +58,7 @@ def test_featurizer_tolist_and_mean_pooling_match_s3prl():
         return lambda: tolist(featurizer, wavs, (weight[:, None, None, None] * layers).sum(0))
 
     assert_identical(values_and_gradients(split(linear_backward.featurizer_tolist), [weight]),
-                     values_and_gradients(split(interfaces.Featurizer.tolist), [weight]))
+                     values_and_gradients(split(s3prl_own["featurizer_tolist"]), [weight]))
     with pytest.raises(AssertionError):  # s3prl's own length check still applies
         linear_backward.featurizer_tolist(featurizer, [torch.zeros(40 * 160)], layers[0])
 
@@ -77,7 +69,7 @@ def test_featurizer_tolist_and_mean_pooling_match_s3prl():
         return lambda: forward(None, hidden * 1.0, lengths)
 
     assert_identical(values_and_gradients(pool(linear_backward.mean_pooling_forward), [hidden]),
-                     values_and_gradients(pool(model.MeanPooling.forward), [hidden]))
+                     values_and_gradients(pool(s3prl_own["mean_pooling_forward"]), [hidden]))
     assert torch.equal(linear_backward.mean_pooling_forward(None, hidden, lengths)[1], torch.ones(4).long())
 
 

@@ -89,23 +89,26 @@ class ConvLayerBlock(nn.Module):
 
     def _group_norm(self, x: Tensor, lengths: Optional[Tensor]) -> Tensor:
         norm = self.layer_norm
-        if lengths is None or bool((lengths == x.size(-1)).all()):
-            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+        def normed(item: Tensor) -> Tensor:
+            return F.group_norm(item, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+        frames = x.size(-1)
+        valid = None if lengths is None else lengths.tolist()  # the one host sync
+        if valid is None or all(n == frames for n in valid):
+            return normed(x)
         # Statistics over each item's valid frames only (HF and fairseq include the padding here): the fused kernel
         # on each item's valid frames (3-6x faster on CPU than masked sums over the batch), zeros in the padding,
         # which no later layer reads for a valid frame.
-        lengths = lengths.tolist()
         if not torch.is_grad_enabled():  # written in place: one copy less
             out = x.new_zeros(x.shape)
-            for i, n in enumerate(lengths):
+            for i, n in enumerate(valid):
                 if n > 0:
-                    out[i, :, :n] = F.group_norm(x[i:i + 1, :, :n], norm.num_groups, norm.weight, norm.bias,
-                                                 norm.eps)[0]
+                    out[i:i + 1, :, :n] = normed(x[i:i + 1, :, :n])
             return out
         # With gradients, slice assignments would clone the whole gradient once per item: padded items, one cat.
-        items = [F.group_norm(x[i:i + 1, :, :n], norm.num_groups, norm.weight, norm.bias, norm.eps) if n > 0
-                 else x[i:i + 1, :, :0] for i, n in enumerate(lengths)]
-        return torch.cat([F.pad(item, (0, x.size(-1) - item.size(-1))) for item in items])
+        items = [normed(x[i:i + 1, :, :n]) if n > 0 else x[i:i + 1, :, :0] for i, n in enumerate(valid)]
+        return torch.cat([F.pad(item, (0, frames - item.size(-1))) for item in items])
 
 
 class FeatureExtractor(nn.Module):

@@ -112,14 +112,15 @@ class CachedUpstreamExpert(UpstreamExpert):
         keys = [_digest(w) for w in wavs]
         found = {k: self.cache.get(k) for k in dict.fromkeys(keys)}
         missing = [k for k, states in found.items() if states is None]
-        first = {k: keys.index(k) for k in missing}
-        for group in similar_length_groups([len(wavs[first[k]]) for k in missing]):
-            batch = [wavs[first[missing[i]]] for i in group]
+        missing_wavs = [wavs[keys.index(k)] for k in missing]
+        for group in similar_length_groups([len(w) for w in missing_wavs]):
+            batch = [missing_wavs[i] for i in group]
             states = super().forward(batch)["hidden_states"]
             lengths = self.model.output_lengths(torch.tensor([len(w) for w in batch], device=batch[0].device))
             for j, i in enumerate(group):
-                found[missing[i]] = [h[j, :int(lengths[j])].clone() for h in states]
-                self.cache.put(missing[i], found[missing[i]])
+                key = missing[i]
+                found[key] = [h[j, :int(lengths[j])].clone() for h in states]
+                self.cache.put(key, found[key])
         items = [found[k] for k in keys]
         frames = max(item[0].shape[0] for item in items)
         hidden = []

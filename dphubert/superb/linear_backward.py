@@ -18,7 +18,8 @@ downstream's expert module imported.
 from __future__ import annotations
 
 import importlib
-from typing import List, Optional, Sequence
+import importlib.util
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ _TORCH_PAD_SEQUENCE = torch.nn.utils.rnn.pad_sequence
 def pad_sequence(sequences: Sequence[Tensor], batch_first: bool = False, padding_value: float = 0.0,
                  padding_side: str = "right") -> Tensor:
     """``torch.nn.utils.rnn.pad_sequence`` with a linear-time backward (torch's own when no item needs a gradient)."""
-    if padding_side != "right" or not any(s.requires_grad for s in sequences) or not sequences:
+    if padding_side != "right" or not any(s.requires_grad for s in sequences):
         return _TORCH_PAD_SEQUENCE(sequences, batch_first=batch_first, padding_value=padding_value,
                                    padding_side=padding_side)
     longest = max(s.size(0) for s in sequences)
@@ -54,6 +55,20 @@ def mean_pooling_forward(self, feature_BxTxH: Tensor, features_len, **kwargs):
     """s3prl ``MeanPooling.forward``: each item's mean over its first ``features_len[i]`` frames."""
     pooled = [torch.mean(item[:length], dim=0) for item, length in zip(feature_BxTxH.unbind(0), features_len)]
     return torch.stack(pooled), torch.ones(len(feature_BxTxH)).long()
+
+
+def s3prl_originals() -> Dict[str, Callable]:
+    """s3prl's own, unpatched ``Featurizer.tolist`` and ``MeanPooling.forward`` (from fresh executions of their
+    installed modules, whatever ``install`` patched) and torch's ``pad_sequence``: the references of the test and
+    of bench/superb_head_speed.py."""
+    fresh = {}
+    for name in ("s3prl.upstream.interfaces", "s3prl.downstream.model"):
+        spec = importlib.util.spec_from_file_location(f"unpatched_{name}", importlib.util.find_spec(name).origin)
+        fresh[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fresh[name])
+    return {"featurizer_tolist": fresh["s3prl.upstream.interfaces"].Featurizer.tolist,
+            "pad_sequence": _TORCH_PAD_SEQUENCE,
+            "mean_pooling_forward": fresh["s3prl.downstream.model"].MeanPooling.forward}
 
 
 def install(downstream: Optional[str]) -> None:
