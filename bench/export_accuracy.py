@@ -1,9 +1,11 @@
 """Does the deployed model keep the accuracy? A stage-5 SUPERB head evaluated on PyTorch, ONNX fp32 and ONNX int8.
 
     python bench/export_accuracy.py --model exp/demo_sp0.75/final/model.pt \\
-        --head exp/demo_sp0.75/superb/dphubert/ks/dev-best.ckpt [--task ks] [--out exp/export_accuracy]
+        --head exp/demo_sp0.75/superb/dphubert/ks/dev-best.ckpt [--task ks] [--out exp/export_accuracy] \
+        [--int8-cnn-convs 0 1 2]
 
-The model is exported to ONNX fp32 and int8 (``python -m dphubert.bin.export``'s code), then s3prl's own
+The model is exported to ONNX fp32 and int8 (``python -m dphubert.bin.export``'s code; one int8 file per
+``--int8-cnn-convs`` value, default the export's), then s3prl's own
 ``run_downstream -m evaluate`` scores the head's test set three times, with the upstream overridden to
 ``dphubert_local`` (the model file in PyTorch) and to ``dphubert_onnx`` (each ONNX file):
 ``-o args.upstream=dphubert_onnx,,args.upstream_ckpt=<file>,,args.expdir=<dir>``, the route README gives users.
@@ -20,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dphubert.export import export_onnx  # noqa: E402
+from dphubert.export.onnx_export import DEFAULT_INT8_CNN_CONVS  # noqa: E402
 from dphubert.models import load_model  # noqa: E402
 from dphubert.models.checkpoint import CheckpointError  # noqa: E402
 from dphubert.superb import intervals, results, running  # noqa: E402
@@ -41,6 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--head", type=Path, required=True, help="the s3prl downstream checkpoint (dev-best.ckpt)")
     parser.add_argument("--task", default="ks", choices=["ks", "ic", "sid"])
     parser.add_argument("--out", type=Path, default=Path("exp/export_accuracy"))
+    parser.add_argument("--int8-cnn-convs", type=int, nargs="+", default=[DEFAULT_INT8_CNN_CONVS],
+                        help="int8 files to score: CNN convs after the first in int8 (the export's option)")
     args = parser.parse_args(argv)
     task = TASKS[args.task]
     if not args.head.is_file():
@@ -52,15 +57,14 @@ def main(argv=None) -> int:
         model = load_model(args.model).eval()
     except CheckpointError as e:
         parser.error(f"--model: {e}")
-    fp32, int8 = args.out / "model.onnx", args.out / "model.int8.onnx"
-    export_onnx(model, fp32)
-    export_onnx(model, int8, precision="int8")
-
-    engines = [("PyTorch fp32", "dphubert_local", args.model), ("onnxruntime fp32", "dphubert_onnx", fp32),
-               ("onnxruntime int8", "dphubert_onnx", int8)]
+    fp32 = export_onnx(model, args.out / "model.onnx")
+    engines = [("PyTorch fp32", "dphubert_local", args.model), ("onnxruntime fp32", "dphubert_onnx", fp32)]
+    for convs in args.int8_cnn_convs:
+        int8 = export_onnx(model, args.out / f"model.int8.cnn{convs}.onnx", precision="int8", int8_cnn_convs=convs)
+        engines.append((f"onnxruntime int8, {convs} int8 CNN convs", "dphubert_onnx", int8))
     rows, reference = [], None
     for name, upstream, ckpt in engines:
-        expdir = args.out / name.replace(" ", "_")
+        expdir = args.out / name.replace(", ", "_").replace(" ", "_")
         text = evaluate(args.head, upstream, ckpt, expdir, task.eval_split)
         value = results.parse_metrics(task, text, source=str(expdir / "evaluate.log"))[task.metric.name]
         correct = intervals.correct_per_utterance(expdir, task.name)

@@ -1,6 +1,7 @@
 """CPU speed of the deployed encoder: PyTorch fp32 vs onnxruntime fp32 vs onnxruntime int8, ratios in one run.
 
-    python bench/export_speed.py [--threads 1 2] [--repeats 5] [--batch 4] [--demo-model exp/<tag>/final/model.pt]
+    python bench/export_speed.py [--threads 1 2] [--repeats 5] [--batch 4] [--demo-model exp/<tag>/final/model.pt] \
+        [--int8-cnn-convs 0 1 2] [--profile]
 
 For two models, (a) the demo's final model (``--demo-model``; without one, the demo teacher's shape from
 egs/demo/conf/pretrain_hubert.yaml, 4 x 256 with a 128-channel CNN, pruned at random to ~0.75 sparsity) and
@@ -9,10 +10,14 @@ weights, which time like trained ones): latency of one 10 s utterance, and throu
 second) for a padded batch of ``--batch`` utterances of 6-10 s. All hidden states are computed and returned in
 every case. The three engines are timed interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them
 alike; the ratios against PyTorch fp32 are the result, the absolute times depend on the load (printed).
-The int8 model's drift (relative L2 error of the last hidden state vs PyTorch) is printed beside its speed.
+The int8 model's drift (relative L2 error of the last hidden state vs PyTorch) is printed beside its speed; one
+int8 engine per ``--int8-cnn-convs`` value (CNN convs after the first run in int8; default the export's).
+``--profile``: where onnxruntime's time goes for the 10 s utterance, per op type (its own profiler, 1 thread).
 """
 
 import argparse
+import collections
+import json
 import os
 import sys
 import tempfile
@@ -24,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dphubert.export import OnnxEncoder, export_onnx, layer_drift  # noqa: E402
+from dphubert.export.onnx_export import DEFAULT_INT8_CNN_CONVS  # noqa: E402
 from dphubert.models import Wav2Vec2Model, base_config, load_model  # noqa: E402
 from timing import interleaved  # bench/timing.py (this directory is on sys.path)
 
@@ -65,25 +71,54 @@ def randomly_pruned(config, sparsity: float = 0.75, seed: int = 0) -> Wav2Vec2Mo
     return pruned
 
 
+def profile_ops(path, x, n, runs: int = 4, top: int = 12):
+    """onnxruntime's profiler on one thread: milliseconds per run by op type, largest first."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(path).with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs + 1):
+        session.run(None, {"waveforms": x, "lengths": n})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs_seen = sorted((e["ts"], e["dur"]) for e in events if e.get("name") == "model_run")
+    warm_up_end = runs_seen[0][0] + runs_seen[0][1]  # the first run is the warm-up: its kernels are left out
+    per_op = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= warm_up_end:
+            per_op[event["args"]["op_name"]] += event["dur"] / 1000 / runs
+    total = sum(per_op.values())
+    print(f"  {Path(path).name}: {total:.1f} ms per run in kernels; " + ", ".join(
+        f"{op} {ms:.1f} ({100 * ms / total:.0f}%)" for op, ms in per_op.most_common(top)))
+
+
 def bench_model(name, model, args, workdir):
     fp32 = export_onnx(model, Path(workdir) / f"{name}.onnx")
-    int8 = export_onnx(model, Path(workdir) / f"{name}.int8.onnx", precision="int8")
-    print(f"  ONNX files: fp32 {fp32.stat().st_size / 2 ** 20:.1f} MiB, int8 {int8.stat().st_size / 2 ** 20:.1f} MiB")
+    int8 = {convs: export_onnx(model, Path(workdir) / f"{name}.int8.cnn{convs}.onnx", precision="int8",
+                               int8_cnn_convs=convs) for convs in args.int8_cnn_convs}
+    print(f"  ONNX files: fp32 {fp32.stat().st_size / 2 ** 20:.1f} MiB, int8 "
+          f"{next(iter(int8.values())).stat().st_size / 2 ** 20:.1f} MiB")
     rng = np.random.default_rng(0)
     one = torch.from_numpy(rng.uniform(-0.3, 0.3, (1, 160000)).astype(np.float32))
     seconds = rng.uniform(6, 10, args.batch)
     seconds[0] = 10.0
     lengths = torch.tensor([int(s * 16000) for s in seconds])
     batch = torch.from_numpy(rng.uniform(-0.3, 0.3, (args.batch, int(lengths.max()))).astype(np.float32))
-    drift = layer_drift(model, OnnxEncoder(int8), batch[:2, :48000], torch.tensor([48000, 32000]))[-1]
-    print(f"  int8 drift on the last hidden state: relative L2 {drift['relative_l2']:.2e}, "
-          f"max |diff| {drift['max_abs_diff']:.2e}")
-    print(f"  {'threads':>7} {'case':<24} {'engine':<18} {'median s':>9} {'audio s/s':>10} {'vs PyTorch':>11}")
+    for convs, path in int8.items():
+        drift = layer_drift(model, OnnxEncoder(path), batch[:2, :48000], torch.tensor([48000, 32000]))[-1]
+        print(f"  int8 ({convs} int8 CNN convs) drift on the last hidden state (noise input): relative L2 "
+              f"{drift['relative_l2']:.2e}, max |diff| {drift['max_abs_diff']:.2e}")
+    if args.profile:
+        for path in (fp32, *int8.values()):
+            profile_ops(path, one.numpy(), np.array([160000]))
+    print(f"  {'threads':>7} {'case':<24} {'engine':<20} {'median s':>9} {'audio s/s':>10} {'vs PyTorch':>11}")
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        engines = {"PyTorch fp32": None, "onnxruntime fp32": OnnxEncoder(fp32, threads=threads),
-                   "onnxruntime int8": OnnxEncoder(int8, threads=threads)}
+        engines = {"PyTorch fp32": None, "onnxruntime fp32": OnnxEncoder(fp32, threads=threads)}
+        engines.update({f"ort int8, {convs} CNN": OnnxEncoder(path, threads=threads) for convs, path in int8.items()})
         for label, (x, n) in {"latency, 1 x 10 s": (one, torch.tensor([160000])),
                               f"throughput, {args.batch} x 6-10 s": (batch, lengths)}.items():
             x_np, n_np = x.numpy(), n.numpy()
@@ -93,11 +128,11 @@ def bench_model(name, model, args, workdir):
                     model.extract_features(x, n)
 
             fns = [run_torch] + [lambda e=e: e(x_np, n_np) for e in list(engines.values())[1:]]
-            times = interleaved(fns, args.repeats)
+            times = interleaved(fns, args.repeats, pause=0.2)  # engines each alone on the cores
             audio = float(n.sum()) / 16000
             for engine, t in zip(engines, times):
                 rows.append((threads, label, engine, t, audio / t, times[0] / t))
-                print(f"  {threads:>7} {label:<24} {engine:<18} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x",
+                print(f"  {threads:>7} {label:<24} {engine:<20} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x",
                       flush=True)
     return rows
 
@@ -110,6 +145,9 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--demo-model", default=None, help="a trained demo final model (default: random pruning)")
     parser.add_argument("--skip-base", action="store_true", help="only the demo-shaped model")
+    parser.add_argument("--profile", action="store_true", help="print onnxruntime's time per op type (1 thread)")
+    parser.add_argument("--int8-cnn-convs", type=int, nargs="+", default=[DEFAULT_INT8_CNN_CONVS],
+                        help="int8 files to time: CNN convs after the first in int8 (the export's option)")
     args = parser.parse_args()
     import onnxruntime
 

@@ -8,6 +8,7 @@ import torch
 from conftest import ALL_GATES, tiny_config
 from dphubert.bin import export as export_cli
 from dphubert.export import ExportError, OnnxEncoder, export_onnx, layer_drift
+from dphubert.export.onnx_export import DEFAULT_INT8_CNN_CONVS
 from dphubert.models import Wav2Vec2Model, load_model, save_model
 
 
@@ -60,22 +61,57 @@ def test_onnx_matches_pytorch_on_other_batch_and_padded_items(tmp_path, model_ty
     assert np.abs(a[:, 0, :n] - b[:, 0, :n]).max() <= 1e-5
 
 
-def test_int8_runs_and_reports_per_layer_drift(tmp_path):
-    model = pruned_model("hubert", False)
-    out = export_onnx(model, tmp_path / "m8.onnx", layers=[1, 3], precision="int8")
+@pytest.mark.parametrize("model_type,large,cnn_convs", [(*v, c) for v, c in zip(VARIANTS, (None, 3, 0))],
+                         ids=["hubert_default", "wavlm_all_cnn", "pre_ln_no_cnn"])
+def test_int8_runs_and_reports_per_layer_drift(tmp_path, model_type, large, cnn_convs):
+    model = pruned_model(model_type, large)
+    out = export_onnx(model, tmp_path / "m8.onnx", layers=[1, 3], precision="int8", int8_cnn_convs=cnn_convs)
     proto = onnx.load(str(out))
-    ops = {node.op_type for node in proto.graph.node}
-    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
-    assert "Conv" in ops  # the CNN stays fp32
+    ops = [node.op_type for node in proto.graph.node]
+    # Quantised: every linear layer left by pruning (projections, FFN, WavLM's position gate) and the chosen CNN
+    # convs; never the group norm's statistics (a MatMul with a constant second input too, were it written so).
+    int8_convs = DEFAULT_INT8_CNN_CONVS if cnn_convs is None else cnn_convs
+    assert ops.count("MatMulIntegerToFloat") == int8_convs, ops
+    headless = [name for name, m in model.named_modules() if getattr(m, "num_heads", None) == 0]  # (layer 0)
+    projections = [name for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and m.in_features and m.out_features
+                   and not any(name.startswith(h + ".") for h in headless)]
+    assert ops.count("MatMulInteger") == len(projections), (ops.count("MatMulInteger"), projections)
+    # The other CNN convs (a Conv each; the first one's is a product with its group norm, a Conv in a
+    # layer-norm CNN) and the positional conv (a Conv) stay fp32.
+    first = 1 if large else 0
+    assert ops.count("Conv") == first + len(model.feature_extractor.conv_layers) - 1 - int8_convs + 1, ops
     encoder = OnnxEncoder(out, threads=1)
     assert encoder.layers == [1, 3] and encoder.precision == "int8"
     torch.manual_seed(3)
-    waveforms = torch.randn(2, 12000) * 0.3
-    rows = layer_drift(model, encoder, waveforms, torch.tensor([12000, 7000]))
+    waveforms = torch.randn(3, 12001) * 0.3
+    rows = layer_drift(model, encoder, waveforms, torch.tensor([12001, 7000, 9999]))  # padded, odd lengths
     assert [r["layer"] for r in rows] == [1, 3]
     for r in rows:  # quantised, so not exact; but close (random weights, no outliers)
         # 0.012 with reduce_range; 0.117 without it on a CPU lacking VNNI (AMD EPYC: u8 x s8 saturation)
         assert 0 < r["relative_l2"] < 0.05, rows
+
+
+@pytest.mark.parametrize("kernel,stride", [(10, 5), (3, 2), (2, 2), (4, 3), (5, 2), (1, 1)])
+def test_im2col_and_quantized_conv_match_conv1d(kernel, stride):
+    from dphubert.export.quantized_conv import QuantizedConv, im2col, quantize_weight
+
+    torch.manual_seed(4)
+    conv = torch.nn.Conv1d(6, 5, kernel, stride=stride)
+    for frames in (37, 38, kernel):  # odd, even, exactly one output frame
+        x = torch.randn(2, 6, frames)
+        with torch.no_grad():
+            reference = conv(x).transpose(1, 2)  # (B, T', C_out)
+            weight = conv.weight.permute(2, 1, 0).reshape(-1, 5)  # the row order quantize_weight uses
+            columns = im2col(x.transpose(1, 2), kernel, stride)
+            assert columns.shape == (2, reference.shape[1], kernel * 6)
+            assert torch.allclose(columns @ weight + conv.bias, reference, atol=1e-5)
+            quantized = QuantizedConv(conv)(x.transpose(1, 2))
+        error = (quantized - reference).norm() / reference.norm()
+        assert quantized.shape == reference.shape and 0 < error < 0.03, error
+    q, scale = quantize_weight(conv.weight)
+    assert q.dtype == torch.int8 and q.min() >= -64 and q.max() <= 63  # 7-bit: no u8 x s8 saturation
+    assert torch.allclose(q.float() * scale, weight, atol=float(scale.max()) / 2 + 1e-7)
 
 
 def test_cli_exports_checks_and_rejects_bad_input_in_one_line(tmp_path, capsys):
@@ -101,18 +137,26 @@ def test_cli_exports_checks_and_rejects_bad_input_in_one_line(tmp_path, capsys):
          "cannot write there"),
         (["--model", str(tmp_path / "pruned.pt"), "--out", str(tmp_path / "l.onnx"), "--layers", "last"],
          "give hidden-state numbers"),
+        (["--model", str(tmp_path / "pruned.pt"), "--out", str(tmp_path / "c.onnx"), "--int8-cnn-convs", "2"],
+         "add --quantize int8"),
+        (["--model", str(tmp_path / "pruned.pt"), "--out", str(tmp_path / "c.onnx"), "--quantize", "int8",
+          "--int8-cnn-convs", "7"], "choose 0..3"),
     ]
     for argv, expected in cases:
         assert export_cli.main(argv) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
-    assert not (tmp_path / "g.onnx").exists() and not (tmp_path / "u.onnx").exists()
+    assert not any((tmp_path / f).exists() for f in ("g.onnx", "u.onnx", "c.onnx"))
 
 
 def test_export_api_errors():
     model = pruned_model("hubert", False)
     with pytest.raises(ExportError, match="unknown precision"):
         export_onnx(model, "/tmp/never.onnx", precision="fp16")
+    with pytest.raises(ExportError, match="choose 0..3"):
+        export_onnx(model, "/tmp/never.onnx", precision="int8", int8_cnn_convs=4)
+    with pytest.raises(ExportError, match="add --quantize int8"):
+        export_onnx(model, "/tmp/never.onnx", int8_cnn_convs=1)
 
 
 def test_onnx_file_as_s3prl_upstream_matches_dphubert_local(tmp_path):

@@ -1,7 +1,7 @@
 """Export a compressed (pruned) model for deployment: ONNX, fp32 or int8, run with onnxruntime.
 
     python -m dphubert.bin.export --model exp/<tag>/final/model.pt --format onnx --out model.onnx \\
-        [--layers "3 6 9"] [--quantize int8] [--check-seconds 2]
+        [--layers "3 6 9"] [--quantize int8 [--int8-cnn-convs N]] [--check-seconds 2]
 
 Inputs ``waveforms`` (batch, samples) float32 16 kHz and ``lengths`` (batch,) int64; outputs ``hidden_states``
 (states, batch, frames, dim) for the ``--layers`` hidden states (default all: 0 = transformer input .. N) and
@@ -17,6 +17,7 @@ import sys
 import torch
 
 from dphubert.export import ExportError, OnnxEncoder, export_onnx, format_drift, layer_drift
+from dphubert.export.onnx_export import DEFAULT_INT8_CNN_CONVS
 from dphubert.models import CheckpointError, load_model
 
 
@@ -39,7 +40,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output file, e.g. model.onnx")
     parser.add_argument("--layers", nargs="+", default=None, help="hidden states to output (default: all)")
     parser.add_argument("--quantize", default="none", choices=["none", "int8"],
-                        help="int8: dynamic quantisation of the linear layers' weights (CNN stays fp32)")
+                        help="int8: dynamic quantisation of the linear layers and of --int8-cnn-convs CNN convs")
+    parser.add_argument("--int8-cnn-convs", type=int, default=None,
+                        help=f"with --quantize int8: CNN convs after the first run in int8 (default "
+                             f"{DEFAULT_INT8_CNN_CONVS}; more is faster and drifts more, 0 keeps the CNN fp32)")
     parser.add_argument("--check-seconds", type=float, default=2.0,
                         help="length of the longer of the two check inputs (0: skip the check)")
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary pickles in --model")
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
     try:
         layers = parse_layers(args.layers)
         model = load_model(args.model, trust_checkpoint=args.trust_checkpoint)
-        out = export_onnx(model, args.out, layers, precision, source=args.model)
+        out = export_onnx(model, args.out, layers, precision, source=args.model, int8_cnn_convs=args.int8_cnn_convs)
     except (CheckpointError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

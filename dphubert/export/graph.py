@@ -5,9 +5,11 @@ dynamic length; ``if`` on ``lengths`` that picks the unpadded fast paths; a Pyth
 normalisation). ``TraceableEncoder`` computes the same states with one path for every input:
 
 - every mask comes from ``lengths`` arithmetically (an ``arange`` compared with the lengths, never ``.tolist()``);
-- the first conv is a plain ``conv1d`` (the training path's unfold+matmul is its faster, equal twin);
-- group norm and waveform normalisation are per-item statistics over the valid samples (masked sums;
-  for group norm as mask-by-features matrix products, one pass over the CNN's largest tensor each);
+- the first conv and its group norm are one matrix product over the conv's input windows, frames-major
+  (``_first_block_group_norm``: the norm's statistics follow from the windows' mean and covariance, so no pass
+  over the CNN's largest tensor is spent on them); with ``int8_cnn_convs`` (the int8 file) that many convs after
+  it are int8 matrix products (``quantized_conv``), frames-major; the others are plain ``conv1d``;
+- waveform normalisation and a layer-norm CNN's first block are per-item statistics over the valid samples;
 - the positional conv's weight norm is folded into a constant weight;
 - attention is written out (matmul, softmax, matmul; what the exporter makes of SDPA anyway).
 
@@ -24,6 +26,8 @@ from torch import Tensor, nn
 
 from dphubert.models import Wav2Vec2Model
 from dphubert.models import components as C
+
+from .quantized_conv import QuantizedConv, im2col
 
 
 class ExportError(ValueError):
@@ -55,7 +59,8 @@ class TraceableEncoder(nn.Module):
     transformer layers past the deepest requested state are not computed.
     """
 
-    def __init__(self, model: Wav2Vec2Model, layers: Optional[Sequence[int]] = None, source: str = "model"):
+    def __init__(self, model: Wav2Vec2Model, layers: Optional[Sequence[int]] = None, source: str = "model",
+                 int8_cnn_convs: int = 0):
         super().__init__()
         check_ungated(model, source)
         self.model = model
@@ -64,6 +69,13 @@ class TraceableEncoder(nn.Module):
         pos_conv = model.encoder.transformer.pos_conv_embed.conv
         with torch.no_grad():
             self.register_buffer("pos_conv_weight", pos_conv.weight().detach().clone(), persistent=False)
+        blocks = model.feature_extractor.conv_layers
+        if blocks[0].norm == "group":  # the first conv's weight as a (kernel, channels) matrix
+            self.register_buffer("first_conv_matrix", blocks[0].conv.weight.detach()[:, 0].t().clone())
+        if not 0 <= int8_cnn_convs < len(blocks):
+            raise ExportError(f"--int8-cnn-convs {int8_cnn_convs}: this CNN has {len(blocks) - 1} convs after the "
+                              f"first; choose 0..{len(blocks) - 1}")
+        self.quantized_convs = nn.ModuleList([QuantizedConv(b.conv) for b in blocks[1: 1 + int8_cnn_convs]])
         # Eval mode for the wrapper too: torch.onnx.export restores the mode it found, recursively, so a
         # wrapper left in training mode would switch the wrapped model's dropout on after the export.
         self.eval()
@@ -96,6 +108,56 @@ class TraceableEncoder(nn.Module):
         elif block.norm == "layer":
             x = norm(x.transpose(1, 2)).transpose(1, 2)
         return F.gelu(x), lengths
+
+    def _first_block_group_norm(self, block: C.ConvLayerBlock, waveforms: Tensor, lengths: Tensor,
+                                channels_first: bool):
+        """The first conv (one input channel) with its per-item group norm and GELU: ``(B, S) -> (B, T, C)``, or
+        ``(B, C, T)`` with ``channels_first`` (for the fp32 convs after it: a transpose of the output costs more
+        than the norm saved).
+
+        For an item's windows w_t (kernel samples each; mean m and covariance S over its valid frames) the conv
+        output is w_t W + b, so its per-channel mean is m W + b and its variance diag(W^T S W): the normalised
+        output is (w_t - m) (W * gamma / sigma) + beta, one batched product over the windows. The conv bias
+        cancels. Only (B, T, kernel)-sized tensors are touched before the product writes the output.
+        """
+        windows = im2col(waveforms.unsqueeze(2), block.kernel_size, block.stride)
+        lengths = torch.div(lengths - block.kernel_size, block.stride, rounding_mode="floor").add(1).clamp(min=0)
+        count = lengths.clamp(min=1).to(windows.dtype)[:, None, None]
+        weights = self._valid(lengths, windows.shape[1], windows.dtype).unsqueeze(2) / count  # (B, T, 1)
+        mean = torch.matmul(weights.transpose(1, 2), windows)  # (B, 1, kernel)
+        centered = windows - mean
+        covariance = torch.matmul((centered * weights).transpose(1, 2), centered)  # (B, kernel, kernel)
+        matrix = self.first_conv_matrix  # (kernel, C)
+        # Weight first: a MatMul whose second input is a constant is what the int8 pass quantises, and int8
+        # variances are wrong (negative ones even: NaN after rsqrt).
+        variance = (torch.matmul(matrix.t(), covariance) * matrix.t()).sum(2).unsqueeze(1)  # (B, 1, C)
+        norm = block.layer_norm
+        scale = torch.rsqrt(variance + norm.eps) * norm.weight
+        if channels_first:
+            out = torch.matmul((matrix * scale).transpose(1, 2), centered.transpose(1, 2)) + norm.bias[:, None]
+        else:
+            out = torch.matmul(centered, matrix * scale) + norm.bias
+        return F.gelu(out), lengths
+
+    def _cnn(self, waveforms: Tensor, lengths: Tensor):
+        """``(B, S) -> (B, T, C)`` features for the projection, and the valid frames."""
+        blocks = self.model.feature_extractor.conv_layers
+        int8 = len(self.quantized_convs)
+        if blocks[0].norm == "group":
+            x, lengths = self._first_block_group_norm(blocks[0], waveforms, lengths, channels_first=int8 == 0)
+        else:
+            x, lengths = self._conv_block(blocks[0], waveforms.unsqueeze(1), lengths)
+            x = x.transpose(1, 2) if int8 else x
+        for block, conv in zip(blocks[1:], self.quantized_convs):  # frames-major int8 convs
+            x = conv(x)
+            lengths = torch.div(lengths - block.kernel_size, block.stride, rounding_mode="floor").add(1).clamp(min=0)
+            if block.norm == "layer":
+                x = block.layer_norm(x)
+            x = F.gelu(x)  # (group norm comes only in the first block: _build_feature_extractor)
+        x = x.transpose(1, 2) if int8 else x
+        for block in blocks[1 + int8:]:  # channels-major fp32 convs
+            x, lengths = self._conv_block(block, x, lengths)
+        return x.transpose(1, 2), lengths
 
     @staticmethod
     def _attention(attn: C.SelfAttention, x: Tensor, bias: Tensor) -> Tensor:
@@ -153,11 +215,8 @@ class TraceableEncoder(nn.Module):
         model = self.model
         if model.normalize_waveform:
             waveforms = self._normalize_waveforms(waveforms, lengths)
-        x = waveforms.unsqueeze(1)
-        frames = lengths
-        for block in model.feature_extractor.conv_layers:
-            x, frames = self._conv_block(block, x, frames)
-        x = model.encoder.feature_projection(x.transpose(1, 2))
+        x, frames = self._cnn(waveforms, lengths)
+        x = model.encoder.feature_projection(x)
 
         transformer = model.encoder.transformer
         valid = self._valid(frames, x.shape[1], x.dtype)

@@ -10,8 +10,9 @@ The graph (``TraceableEncoder``, torch's TorchScript-based exporter, opset 17):
   ``dphubert_model_type``, ``dphubert_sample_rate``, ``dphubert_downsample_rate`` (samples per frame),
   ``dphubert_precision``.
 
-int8: ``onnxruntime.quantization.quantize_dynamic`` on the MatMul/Gemm weights only (the linear projections of
-attention and FFN, and the feature projection); the CNN, the positional conv, norms and the attention's
+int8: ``onnxruntime.quantization.quantize_dynamic`` on the MatMul/Gemm weights (the linear projections of
+attention and FFN, and the feature projection), and the first ``int8_cnn_convs`` CNN convs after the first as
+int8 products (``quantized_conv``); the other convs, the positional conv, norms and the attention's
 activation-by-activation products stay fp32, which keeps the drift small (``layer_drift`` measures it).
 """
 
@@ -39,6 +40,7 @@ DYNAMIC_AXES = {
 }
 OPSET = 17
 PRECISIONS = ("fp32", "int8")
+DEFAULT_INT8_CNN_CONVS = 2  # README "Deployment": speed and KS accuracy for 0-3
 
 
 def check_writable(out: Union[str, Path]) -> Path:
@@ -56,12 +58,22 @@ def check_writable(out: Union[str, Path]) -> Path:
 
 
 def export_onnx(model: Wav2Vec2Model, out: Union[str, Path], layers: Optional[Sequence[int]] = None,
-                precision: str = "fp32", source: str = "model") -> Path:
-    """Write ``model`` as ONNX to ``out`` (atomically: a kill never leaves a half file); returns ``out``."""
+                precision: str = "fp32", source: str = "model", int8_cnn_convs: Optional[int] = None) -> Path:
+    """Write ``model`` as ONNX to ``out`` (atomically: a kill never leaves a half file); returns ``out``.
+
+    ``int8_cnn_convs`` (int8 only; default ``DEFAULT_INT8_CNN_CONVS``): how many CNN convs after the first run as
+    int8 products. Each makes the file faster and drifts more: the activations are quantised per tensor, and in
+    quiet frames that error is large against the signal (the feature projection's LayerNorm then scales it up).
+    """
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of {PRECISIONS} (--quantize int8 or none)")
+    if int8_cnn_convs is None:
+        int8_cnn_convs = DEFAULT_INT8_CNN_CONVS if precision == "int8" else 0
+    elif int8_cnn_convs and precision != "int8":
+        raise ExportError(f"--int8-cnn-convs {int8_cnn_convs} needs an int8 file; add --quantize int8")
     was_training = model.training
-    encoder = TraceableEncoder(model, layers, source)  # (puts model in eval mode; restored below)
+    # (puts model in eval mode; restored below)
+    encoder = TraceableEncoder(model, layers, source, int8_cnn_convs=int8_cnn_convs)
     out = check_writable(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     fp32 = tmp if precision == "fp32" else out.with_name(f".{out.name}.fp32.tmp{os.getpid()}")
@@ -71,7 +83,8 @@ def export_onnx(model: Wav2Vec2Model, out: Union[str, Path], layers: Optional[Se
         with torch.no_grad():
             torch.onnx.export(encoder, example, str(fp32), input_names=list(INPUT_NAMES),
                               output_names=list(OUTPUT_NAMES), dynamic_axes=DYNAMIC_AXES, opset_version=OPSET,
-                              dynamo=False, do_constant_folding=True)
+                              dynamo=False, do_constant_folding=True,
+                              custom_opsets={"com.microsoft": 1} if int8_cnn_convs else None)
         if precision == "int8":
             quantize_int8(fp32, tmp)
         downsample_rate = math.prod(stride for _, _, stride in model.config["extractor_conv_layer_config"])
