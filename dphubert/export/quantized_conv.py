@@ -81,8 +81,8 @@ def im2col(x: Tensor, kernel: int, stride: int) -> Tensor:
     q, r = divmod(kernel, stride)
     count = x[:, kernel - 1:: stride].shape[1]  # the last tap's strided slice has exactly the output frames
     chunks = x[:, : (count + q - 1) * stride].reshape(batch, -1, stride * channels)
-    columns = [chunks[:, i: i + count] for i in range(q)]
-    columns += [x[:, q * stride + j:: stride][:, :count] for j in range(r)]
+    columns = [chunks] if q == 1 else [chunks[:, i: i + count] for i in range(q)]  # (each slice is a copy in ONNX)
+    columns += [x[:, q * stride + j: q * stride + j + (count - 1) * stride + 1: stride] for j in range(r)]
     return columns[0] if len(columns) == 1 else torch.cat(columns, dim=2)
 
 
