@@ -92,6 +92,28 @@ def test_int8_runs_and_reports_per_layer_drift(tmp_path, model_type, large, cnn_
         assert 0 < r["relative_l2"] < 0.05, rows
 
 
+def test_first_block_with_group_norm_as_one_product_matches_the_model_on_each_item():
+    """The export's first conv + group norm from the windows' covariance, both layouts, on a padded batch."""
+    from dphubert.export.graph import TraceableEncoder
+
+    model = pruned_model("hubert", False)
+    block = model.feature_extractor.conv_layers[0]
+    encoder = TraceableEncoder(model)
+    torch.manual_seed(5)
+    waveforms = torch.randn(3, 6001) * 0.3
+    waveforms[2, :2000] = 0.0  # digital silence too
+    lengths = torch.tensor([6001, 4000, 5555])
+    with torch.no_grad():
+        frames_major, frames = encoder._first_block_group_norm(block, waveforms, lengths, channels_first=False)
+        channels_major, _ = encoder._first_block_group_norm(block, waveforms, lengths, channels_first=True)
+        for i, n in enumerate(lengths.tolist()):
+            reference, _ = block(waveforms[i:i + 1, None, :n], None)  # (1, C, T) alone
+            count = int(frames[i])
+            assert count == reference.shape[2]
+            assert torch.allclose(frames_major[i, :count], reference[0].t(), atol=1e-5)
+            assert torch.allclose(channels_major[i, :, :count], reference[0], atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel,stride", [(10, 5), (3, 2), (2, 2), (4, 3), (5, 2), (1, 1)])
 def test_im2col_and_quantized_conv_match_conv1d(kernel, stride):
     from dphubert.export.quantized_conv import QuantizedConv, im2col, quantize_weight

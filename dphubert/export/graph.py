@@ -9,7 +9,7 @@ normalisation). ``TraceableEncoder`` computes the same states with one path for 
   (``_first_block_group_norm``: the norm's statistics follow from the windows' mean and covariance, so no pass
   over the CNN's largest tensor is spent on them); with ``int8_cnn_convs`` (the int8 file) that many convs after
   it are int8 matrix products (``quantized_conv``), frames-major; the others are plain ``conv1d``;
-- waveform normalisation and a layer-norm CNN's first block are per-item statistics over the valid samples;
+- waveform normalisation is per-item statistics over the valid samples (masked sums);
 - the positional conv's weight norm is folded into a constant weight;
 - attention is written out (matmul, softmax, matmul; what the exporter makes of SDPA anyway).
 

@@ -40,7 +40,7 @@ DYNAMIC_AXES = {
 }
 OPSET = 17
 PRECISIONS = ("fp32", "int8")
-DEFAULT_INT8_CNN_CONVS = 1  # README "Deployment": speed and KS accuracy for 0-3
+DEFAULT_INT8_CNN_CONVS = 1  # README "Deployment": speed and KS accuracy per count (2+ flips many more clips)
 
 
 def check_writable(out: Union[str, Path]) -> Path:

@@ -10,7 +10,8 @@ i.e. the activations are quantised once per conv (per tensor, asymmetric uint8: 
 the im2col copies move bytes, not floats, and the product runs in onnxruntime's int8 GEMM. Weights are int8,
 symmetric, one scale per output channel, 7-bit range (as ``quantize_int8``'s ``reduce_range``: no u8 x s8
 saturation on CPUs without VNNI). The first conv stays fp32: it reads one channel, so int8 buys nothing, and the
-group norm after it would amplify its rounding in channels of small variance.
+group norm after it would amplify its rounding in channels of small variance. Only the first few convs after it
+are worth it (``export_onnx``'s ``int8_cnn_convs``): per-tensor activation scales lose quiet frames.
 
 The two ops are written with ``torch.autograd.Function.symbolic`` (the TorchScript exporter emits them as they
 are); their ``forward`` computes the same arithmetic in PyTorch, which the trace needs for shapes.
@@ -65,7 +66,7 @@ class MatMulIntegerToFloat(torch.autograd.Function):
                    bias)
         # The exporter knows no shape rule for a contrib op: state it (A's leading dims, B's columns, float).
         a_type = a_q.type()
-        if a_type.sizes() is not None or a_type.dim() is not None:
+        if a_type.dim() is not None:
             leading = [None] * (a_type.dim() - 1)
             out.setType(a_type.with_dtype(torch.float32).with_sizes(leading + [b_q.type().sizes()[-1]]))
         return out
@@ -93,8 +94,7 @@ class QuantizedConv(torch.nn.Module):
         super().__init__()
         self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
         weight, scale = quantize_weight(conv.weight)
-        # Persistent buffers: the exporter writes those as initializers (non-persistent ones become Constant
-        # nodes), and initializers are what the later dynamic quantisation pass recognises as weights.
+        # Persistent buffers: the exporter writes them as initializers (non-persistent ones become Constant nodes).
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", torch.zeros_like(weight[0]))
