@@ -77,10 +77,11 @@ def test_int8_runs_and_reports_per_layer_drift(tmp_path, model_type, large, cnn_
                    if isinstance(m, torch.nn.Linear) and m.in_features and m.out_features
                    and not any(name.startswith(h + ".") for h in headless)]
     assert ops.count("MatMulInteger") == len(projections), (ops.count("MatMulInteger"), projections)
-    # The other CNN convs (a Conv each; the first one's is a product with its group norm, a Conv in a
-    # layer-norm CNN) and the positional conv (a Conv) stay fp32.
+    # The other CNN convs stay fp32 Convs (the first one is a product with its group norm, a Conv in a layer-norm
+    # CNN); the positional conv is block DFT products (fp32, an Einsum for its spectrum, no Conv).
     first = 1 if large else 0
-    assert ops.count("Conv") == first + len(model.feature_extractor.conv_layers) - 1 - int8_convs + 1, ops
+    assert ops.count("Conv") == first + len(model.feature_extractor.conv_layers) - 1 - int8_convs, ops
+    assert ops.count("Einsum") == 1, ops
     encoder = OnnxEncoder(out, threads=1)
     assert encoder.layers == [1, 3] and encoder.precision == "int8"
     torch.manual_seed(3)
@@ -112,6 +113,34 @@ def test_first_block_with_group_norm_as_one_product_matches_the_model_on_each_it
             assert count == reference.shape[2]
             assert torch.allclose(frames_major[i, :count], reference[0].t(), atol=1e-5)
             assert torch.allclose(channels_major[i, :, :count], reference[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,groups", [(16, 4), (15, 4), (128, 16), (1, 2)])
+def test_block_dft_positional_conv_matches_conv1d(tmp_path, kernel, groups):
+    """The positional conv as block DFT products, in PyTorch and in onnxruntime, against conv1d with its padding
+    (an even kernel's extra frame dropped), for lengths below, at and past a block, several blocks."""
+    import onnxruntime
+
+    from dphubert.export.block_dft_conv import BlockDFTConv
+
+    torch.manual_seed(6)
+    channels = 8 * groups
+    weight, bias = torch.randn(channels, 8, kernel) * 0.1, torch.randn(channels)
+    conv = BlockDFTConv(weight, bias, groups).eval()
+    torch.onnx.export(conv, (torch.randn(2, 2 * kernel + 3, channels),), str(tmp_path / "p.onnx"), input_names=["x"],
+                      dynamic_axes={"x": {0: "batch", 1: "frames"}}, opset_version=17, dynamo=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    for frames in sorted({1, kernel - 1, kernel, kernel + 1, 3 * kernel + 5}):
+        x = torch.randn(3, max(frames, 1), channels)
+        reference = torch.nn.functional.conv1d(x.transpose(1, 2), weight, bias, padding=kernel // 2, groups=groups)
+        reference = reference[..., : x.shape[1]].transpose(1, 2)  # (the even kernel's one extra frame dropped)
+        with torch.no_grad():
+            ours = conv(x)
+        theirs = session.run(None, {"x": x.numpy()})[0]
+        assert ours.shape == reference.shape and theirs.shape == tuple(reference.shape)
+        scale = float(reference.abs().max())
+        assert (ours - reference).abs().max() <= 1e-5 * scale, frames
+        assert np.abs(theirs - reference.numpy()).max() <= 1e-5 * scale, frames
 
 
 @pytest.mark.parametrize("kernel,stride", [(10, 5), (3, 2), (2, 2), (4, 3), (5, 2), (1, 1)])
