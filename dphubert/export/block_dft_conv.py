@@ -39,7 +39,7 @@ class BlockDFTConv(nn.Module):
 
     def __init__(self, weight: Tensor, bias: Tensor, groups: int):
         super().__init__()
-        channels, per_group, kernel = weight.shape
+        _, per_group, kernel = weight.shape  # (channels, channels per group, taps)
         self.groups, self.per_group, self.block = groups, per_group, kernel
         size = 2 * kernel  # DFT size N; block length L = kernel
         self.bins = size // 2 + 1

@@ -96,20 +96,13 @@ class TraceableEncoder(nn.Module):
         var = ((x - mean).square() * valid).sum(1, keepdim=True) / count
         return (x - mean) * torch.rsqrt(var + 1e-5) * valid
 
-    def _conv_block(self, block: C.ConvLayerBlock, x: Tensor, lengths: Tensor):
+    @staticmethod
+    def _conv_block(block: C.ConvLayerBlock, x: Tensor, lengths: Tensor):
+        """A block without group norm, channels-major (the group-norm block is ``_first_block_group_norm``)."""
         x = F.conv1d(x, block.conv.weight, block.conv.bias, stride=block.stride)
-        lengths = torch.div(lengths - block.kernel_size, block.stride, rounding_mode="floor").add(1).clamp(min=0)
-        norm = block.layer_norm
-        if block.norm == "group":  # one group per channel: statistics over each item's valid frames
-            # Masked means over time as (B, C, T) @ (B, T, 1) products: one pass each, no masked copy of x.
-            count = lengths.clamp(min=1).to(x.dtype)[:, None, None]
-            weights = self._valid(lengths, x.shape[2], x.dtype).unsqueeze(-1) / count
-            centered = x - torch.matmul(x, weights)
-            scale = torch.rsqrt(torch.matmul(centered.square(), weights) + norm.eps) * norm.weight[None, :, None]
-            x = centered * scale + norm.bias[None, :, None]
-        elif block.norm == "layer":
-            x = norm(x.transpose(1, 2)).transpose(1, 2)
-        return F.gelu(x), lengths
+        if block.norm == "layer":
+            x = block.layer_norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x), block.output_lengths(lengths)
 
     def _first_block_group_norm(self, block: C.ConvLayerBlock, waveforms: Tensor, lengths: Tensor,
                                 channels_first: bool):
@@ -123,7 +116,7 @@ class TraceableEncoder(nn.Module):
         cancels. Only (B, T, kernel)-sized tensors are touched before the product writes the output.
         """
         windows = im2col(waveforms.unsqueeze(2), block.kernel_size, block.stride)
-        lengths = torch.div(lengths - block.kernel_size, block.stride, rounding_mode="floor").add(1).clamp(min=0)
+        lengths = block.output_lengths(lengths)
         count = lengths.clamp(min=1).to(windows.dtype)[:, None, None]
         weights = self._valid(lengths, windows.shape[1], windows.dtype).unsqueeze(2) / count  # (B, T, 1)
         mean = torch.matmul(weights.transpose(1, 2), windows)  # (B, 1, kernel)
@@ -152,7 +145,7 @@ class TraceableEncoder(nn.Module):
             x = x.transpose(1, 2) if int8 else x
         for block, conv in zip(blocks[1:], self.quantized_convs):  # frames-major int8 convs
             x = conv(x)
-            lengths = torch.div(lengths - block.kernel_size, block.stride, rounding_mode="floor").add(1).clamp(min=0)
+            lengths = block.output_lengths(lengths)
             if block.norm == "layer":
                 x = block.layer_norm(x)
             x = F.gelu(x)  # (group norm comes only in the first block: _build_feature_extractor)
