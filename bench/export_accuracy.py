@@ -13,11 +13,18 @@ The head (featurizer weights and downstream) is the one trained on the PyTorch f
 Printed: each engine's accuracy with its test-set size and Wilson 95% interval, and the difference to PyTorch
 paired over utterances (bootstrap 95% interval) with the utterances whose right/wrong status flips, as a table
 (also written to ``<out>/export_accuracy.md``). Classification tasks (KS, IC, SID).
+
+``--drift-data data/test`` (a Kaldi data dir; its ``wav.scp`` must name files): the int8 files' drift on speech,
+the relative L2 error of the last hidden state against the fp32 file on ``--drift-clips`` utterances (every n-th
+of the list), over all frames and over each utterance's quietest quarter of frames (by the waveform's energy per
+frame). Steady noise would hide what speech's peaks do to the int8 CNN convs' per-tensor activation scales.
 """
 
 import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,6 +45,34 @@ def evaluate(head: Path, upstream: str, upstream_ckpt: Path, expdir: Path, split
     return running.run_downstream(argv, log=expdir / "evaluate.log", quiet=True)
 
 
+def speech_drift(fp32: Path, int8_files, data_dir: Path, clips: int):
+    """Rows ``(label, relative L2 all frames, relative L2 quietest quarter)`` on ``clips`` utterances."""
+    import soundfile
+
+    from dphubert.export import OnnxEncoder
+
+    lines = [line.split(maxsplit=1) for line in (data_dir / "wav.scp").read_text().splitlines() if line.strip()]
+    lines = lines[:: max(1, len(lines) // clips)][:clips]
+    reference = OnnxEncoder(fp32, threads=1)
+    sums = {label: np.zeros(4) for label in int8_files}
+    engines = {label: OnnxEncoder(path, threads=1) for label, path in int8_files.items()}
+    for utt, path in lines:
+        wav, rate = soundfile.read(path.strip(), dtype="float32")
+        if rate != 16000 or wav.ndim != 1:
+            sys.exit(f"{data_dir}/wav.scp: {utt} ({path.strip()}) is not 16 kHz mono; choose another --drift-data")
+        x, n = wav[None], np.array([len(wav)])
+        ref = reference(x, n)[0][-1, 0]
+        frames = ref.shape[0]
+        hop = len(wav) // frames
+        energy = np.square(wav[: frames * hop]).reshape(frames, hop).sum(1)
+        quiet = energy <= np.quantile(energy, 0.25)
+        for label, engine in engines.items():
+            err = np.square(engine(x, n)[0][-1, 0] - ref).sum(1)
+            norm = np.square(ref).sum(1)
+            sums[label] += [err.sum(), norm.sum(), err[quiet].sum(), norm[quiet].sum()]
+    return [(label, float(np.sqrt(e / r)), float(np.sqrt(eq / rq))) for label, (e, r, eq, rq) in sums.items()]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="the (pruned) model file the head was trained on")
@@ -46,6 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("exp/export_accuracy"))
     parser.add_argument("--int8-cnn-convs", type=int, nargs="+", default=[DEFAULT_INT8_CNN_CONVS],
                         help="int8 files to score: CNN convs after the first in int8 (the export's option)")
+    parser.add_argument("--drift-data", type=Path, default=None,
+                        help="a Kaldi data dir: also print the int8 files' drift on its speech (wav.scp)")
+    parser.add_argument("--drift-clips", type=int, default=40, help="utterances for --drift-data")
     args = parser.parse_args(argv)
     task = TASKS[args.task]
     if not args.head.is_file():
@@ -62,6 +100,12 @@ def main(argv=None) -> int:
     for convs in args.int8_cnn_convs:
         int8 = export_onnx(model, args.out / f"model.int8.cnn{convs}.onnx", precision="int8", int8_cnn_convs=convs)
         engines.append((f"onnxruntime int8, {convs} int8 CNN convs", "dphubert_onnx", int8))
+    if args.drift_data is not None:
+        int8_files = {name: path for name, _, path in engines[2:]}
+        print(f"int8 drift on speech ({args.drift_clips} utterances of {args.drift_data}): relative L2 error of the "
+              f"last hidden state vs the fp32 file, all frames / the quietest quarter of each utterance's frames")
+        for label, everywhere, quiet in speech_drift(fp32, int8_files, args.drift_data, args.drift_clips):
+            print(f"  {label}: {everywhere:.2e} / {quiet:.2e}", flush=True)
     rows, reference = [], None
     for name, upstream, ckpt in engines:
         expdir = args.out / name.replace(", ", "_").replace(" ", "_")

@@ -10,9 +10,16 @@ weights, which time like trained ones): latency of one 10 s utterance, and throu
 second) for a padded batch of ``--batch`` utterances of 6-10 s. All hidden states are computed and returned in
 every case. The three engines are timed interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them
 alike; the ratios against PyTorch fp32 are the result, the absolute times depend on the load (printed).
-The int8 model's drift (relative L2 error of the last hidden state vs PyTorch) is printed beside its speed; one
-int8 engine per ``--int8-cnn-convs`` value (CNN convs after the first run in int8; default the export's).
+The int8 model's drift (relative L2 error of the last hidden state vs PyTorch, on the export's synthetic check
+input with speech's level changes, ``check_waveforms``) is printed beside its speed; one int8 engine per
+``--int8-cnn-convs`` value (CNN convs after the first run in int8; default the export's).
 ``--profile``: where onnxruntime's time goes for the 10 s utterance, per op type (its own profiler, 1 thread).
+
+PyTorch is timed with glibc's malloc told to keep freed memory (``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_``; the script re-executes itself with them unless ``--default-malloc``): by default glibc
+hands the CNN's large buffers back to the OS after every call and the next call page-faults them in again, which
+cost PyTorch a third of its time on the demo model (93 ms instead of 64 ms per 10 s, 1 thread, 3.6x the page
+faults). onnxruntime keeps its own arena either way. Ratios against an allocator-bound PyTorch would flatter ONNX.
 """
 
 import argparse
@@ -28,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dphubert.export import OnnxEncoder, export_onnx, layer_drift  # noqa: E402
+from dphubert.export import OnnxEncoder, check_waveforms, export_onnx, layer_drift  # noqa: E402
 from dphubert.export.onnx_export import DEFAULT_INT8_CNN_CONVS  # noqa: E402
 from dphubert.models import Wav2Vec2Model, base_config, load_model  # noqa: E402
 from timing import interleaved  # bench/timing.py (this directory is on sys.path)
@@ -106,10 +113,11 @@ def bench_model(name, model, args, workdir):
     seconds[0] = 10.0
     lengths = torch.tensor([int(s * 16000) for s in seconds])
     batch = torch.from_numpy(rng.uniform(-0.3, 0.3, (args.batch, int(lengths.max()))).astype(np.float32))
+    check = check_waveforms(48000)
     for convs, path in int8.items():
-        drift = layer_drift(model, OnnxEncoder(path), batch[:2, :48000], torch.tensor([48000, 32000]))[-1]
-        print(f"  int8 ({convs} int8 CNN convs) drift on the last hidden state (noise input): relative L2 "
-              f"{drift['relative_l2']:.2e}, max |diff| {drift['max_abs_diff']:.2e}")
+        drift = layer_drift(model, OnnxEncoder(path), *check)[-1]
+        print(f"  int8 ({convs} int8 CNN convs) drift on the last hidden state (speech-like check input): "
+              f"relative L2 {drift['relative_l2']:.2e}, max |diff| {drift['max_abs_diff']:.2e}")
     if args.profile:
         for path in (fp32, *int8.values()):
             profile_ops(path, one.numpy(), np.array([160000]))
@@ -137,6 +145,16 @@ def bench_model(name, model, args, workdir):
     return rows
 
 
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 30), "MALLOC_TRIM_THRESHOLD_": str(2 ** 30)}
+
+
+def reexec_with_malloc_settings():
+    """Restart this script with glibc's malloc keeping freed memory (see the module docstring), once."""
+    if all(os.environ.get(key) == value for key, value in KEEP_FREED_MEMORY.items()):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED_MEMORY})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[2],
@@ -148,13 +166,18 @@ def main():
     parser.add_argument("--profile", action="store_true", help="print onnxruntime's time per op type (1 thread)")
     parser.add_argument("--int8-cnn-convs", type=int, nargs="+", default=[DEFAULT_INT8_CNN_CONVS],
                         help="int8 files to time: CNN convs after the first in int8 (the export's option)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="time PyTorch with glibc's default malloc (it re-faults its large buffers every call)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        reexec_with_malloc_settings()
     import onnxruntime
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"threads {args.threads} (torch and onnxruntime alike), {os.cpu_count()} CPUs, "
           f"load average {load:.1f} at start, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"{args.repeats} repeats")
+          f"{args.repeats} repeats, glibc malloc "
+          f"{'default' if args.default_malloc else 'keeping freed memory (MALLOC_MMAP/TRIM_THRESHOLD_ 1 GiB)'}")
     models = {}
     if args.demo_model:
         models["demo final"] = lambda: load_model(args.demo_model)

@@ -1,13 +1,18 @@
 """ONNX export (dphubert.export, python -m dphubert.bin.export): onnxruntime vs PyTorch, int8 drift, bad input."""
 
+import io
+import subprocess
+
 import numpy as np
 import onnx
 import pytest
+import soundfile
 import torch
+from scipy.signal import resample_poly
 
 from conftest import ALL_GATES, tiny_config
 from dphubert.bin import export as export_cli
-from dphubert.export import ExportError, OnnxEncoder, export_onnx, layer_drift
+from dphubert.export import ExportError, OnnxEncoder, check_waveforms, export_onnx, layer_drift
 from dphubert.export.onnx_export import DEFAULT_INT8_CNN_CONVS
 from dphubert.models import Wav2Vec2Model, load_model, save_model
 
@@ -94,25 +99,31 @@ def test_int8_runs_and_reports_per_layer_drift(tmp_path, model_type, large, cnn_
 
 
 def test_first_block_with_group_norm_as_one_product_matches_the_model_on_each_item():
-    """The export's first conv + group norm from the windows' covariance, both layouts, on a padded batch."""
+    """The export's first conv + group norm from the windows' Gram matrix, both layouts, on a padded batch, against
+    the model's block in float64 on each item alone (a DC offset costs the model's own float32 block 1.8e-5)."""
+    import copy
+
     from dphubert.export.graph import TraceableEncoder
 
     model = pruned_model("hubert", False)
     block = model.feature_extractor.conv_layers[0]
+    block64 = copy.deepcopy(block).double()
     encoder = TraceableEncoder(model)
     torch.manual_seed(5)
     waveforms = torch.randn(3, 6001) * 0.3
     waveforms[2, :2000] = 0.0  # digital silence too
+    waveforms[1] = 0.5 + 0.01 * waveforms[1]  # a DC offset 150x the signal: E[w w^T] - m^T m would cancel it
     lengths = torch.tensor([6001, 4000, 5555])
     with torch.no_grad():
         frames_major, frames = encoder._first_block_group_norm(block, waveforms, lengths, channels_first=False)
         channels_major, _ = encoder._first_block_group_norm(block, waveforms, lengths, channels_first=True)
         for i, n in enumerate(lengths.tolist()):
-            reference, _ = block(waveforms[i:i + 1, None, :n], None)  # (1, C, T) alone
+            reference, _ = block64(waveforms[i:i + 1, None, :n].double(), None)  # (1, C, T) alone
+            reference = reference[0].float()
             count = int(frames[i])
-            assert count == reference.shape[2]
-            assert torch.allclose(frames_major[i, :count], reference[0].t(), atol=1e-5)
-            assert torch.allclose(channels_major[i, :, :count], reference[0], atol=1e-5)
+            assert count == reference.shape[1]
+            assert torch.allclose(frames_major[i, :count], reference.t(), atol=1e-5), i
+            assert torch.allclose(channels_major[i, :, :count], reference, atol=1e-5), i
 
 
 @pytest.mark.parametrize("kernel,groups", [(16, 4), (15, 4), (128, 16), (1, 2)])
@@ -198,6 +209,49 @@ def test_cli_exports_checks_and_rejects_bad_input_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
     assert not any((tmp_path / f).exists() for f in ("g.onnx", "u.onnx", "c.onnx"))
+
+
+def espeak_wav(path, text: str, rate: int) -> None:
+    """Real speech (espeak-ng writes 22.05 kHz), kept at 22.05 kHz or resampled to 16 kHz."""
+    wav_bytes = subprocess.run(["espeak-ng", "--stdout", text], capture_output=True, check=True).stdout
+    samples, espeak_rate = soundfile.read(io.BytesIO(wav_bytes), dtype="float32")
+    assert espeak_rate == 22050
+    soundfile.write(path, samples if rate == 22050 else resample_poly(samples, 160, 441), rate)
+
+
+def test_cli_checks_on_a_data_dir_of_real_speech(tmp_path, capsys):
+    model = pruned_model("hubert", False)
+    save_model(model, tmp_path / "pruned.pt")
+    data = tmp_path / "data"
+    data.mkdir()
+    espeak_wav(tmp_path / "a.wav", "turn the lights off in the kitchen", 16000)
+    espeak_wav(tmp_path / "b.wav", "yes", 22050)
+    (data / "wav.scp").write_text(f"utt-a {tmp_path / 'a.wav'}\nutt-b {tmp_path / 'b.wav'}\n")
+    out = tmp_path / "m8.onnx"
+    argv = ["--model", str(tmp_path / "pruned.pt"), "--out", str(out), "--quantize", "int8", "--check-data", str(data)]
+    assert export_cli.main(argv) == 1  # utt-b is 22.05 kHz: refused before anything is written
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "utt-b" in err and "22050 Hz" in err and "--resample" in err, err
+    assert not out.exists()
+    assert export_cli.main([*argv, "--resample"]) == 0
+    printed = capsys.readouterr().out
+    assert f"check input: 2 utterances of {data}" in printed and "int8 vs PyTorch" in printed, printed
+    rows = [line.split() for line in printed.splitlines() if line.startswith("  ")]
+    assert len(rows) == model.num_layers + 1 and all(0 < float(r[2]) < 0.2 for r in rows), rows
+    assert export_cli.main([*argv, "--resample", "--check-utterances", "0"]) == 1
+    assert "give 1 or more" in capsys.readouterr().err
+
+
+def test_synthetic_check_input_has_speech_level_changes():
+    """The default check input: padded like a batch, with quiet stretches ~30 dB under its peaks (steady noise
+    hides the int8 CNN convs' drift; see check_waveforms)."""
+    waveforms, lengths = check_waveforms(32000)
+    assert waveforms.shape == (2, 32000) and lengths.tolist() == [32000, 21333]
+    assert (waveforms[1, 21333:] == 0).all()
+    for item, n in zip(waveforms, lengths.tolist()):
+        frames = item[: n // 320 * 320].reshape(-1, 320).square().mean(1)  # 20 ms frames
+        level_db = 10 * torch.log10(frames / frames.max())
+        assert level_db.min() < -25 and (level_db > -6).float().mean() > 0.2, level_db
 
 
 def test_export_api_errors():
