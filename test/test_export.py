@@ -240,6 +240,10 @@ def test_cli_checks_on_a_data_dir_of_real_speech(tmp_path, capsys):
     assert len(rows) == model.num_layers + 1 and all(0 < float(r[2]) < 0.2 for r in rows), rows
     assert export_cli.main([*argv, "--resample", "--check-utterances", "0"]) == 1
     assert "give 1 or more" in capsys.readouterr().err
+    soundfile.write(tmp_path / "a.wav", np.zeros(50, np.float32), 16000)  # under the tiny CNN's 60 samples
+    assert export_cli.main([*argv, "--resample"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "utt utt-a has 50 samples, too short for one frame" in err, err
 
 
 def test_synthetic_check_input_has_speech_level_changes():

@@ -59,15 +59,19 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def data_check_batch(data: str, utterances: int, resample: bool, downmix: bool):
+def data_check_batch(model, data: str, utterances: int, resample: bool, downmix: bool):
     """The first ``utterances`` utterances of a data dir as a padded batch ``(waveforms, lengths)``."""
     if utterances < 1:
         raise ExportError(f"--check-utterances {utterances}: give 1 or more")
     data_dir = load_data_dir(data)
+    utts = data_dir.utt_ids[:utterances]
     with cli_names():  # audio errors name this CLI's --resample / --downmix
-        waves = [torch.from_numpy(read_audio(data_dir, utt, resample=resample, downmix=downmix))
-                 for utt in data_dir.utt_ids[:utterances]]
+        waves = [torch.from_numpy(read_audio(data_dir, utt, resample=resample, downmix=downmix)) for utt in utts]
     lengths = torch.tensor([len(w) for w in waves])
+    for utt, n, frames in zip(utts, lengths.tolist(), model.output_lengths(lengths).tolist()):
+        if frames < 1:
+            raise ExportError(f"--check-data {data}: utt {utt} has {n} samples, too short for one frame; give "
+                              f"a data dir of longer utterances (or leave out --check-data)")
     return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths
 
 
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
         # Read the check audio before exporting, so that a bad --check-data fails before the file is written.
         check = None
         if args.check_data:
-            check = data_check_batch(args.check_data, args.check_utterances, args.resample, args.downmix)
+            check = data_check_batch(model, args.check_data, args.check_utterances, args.resample, args.downmix)
         out = export_onnx(model, args.out, layers, precision, source=args.model, int8_cnn_convs=args.int8_cnn_convs)
     except (CheckpointError, ExportError, DataDirError, AudioError) as e:
         print(f"error: {e}", file=sys.stderr)
