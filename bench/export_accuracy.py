@@ -14,7 +14,7 @@ Printed: each engine's accuracy with its test-set size and Wilson 95% interval, 
 paired over utterances (bootstrap 95% interval) with the utterances whose right/wrong status flips, as a table
 (also written to ``<out>/export_accuracy.md``). Classification tasks (KS, IC, SID).
 
-``--drift-data data/test`` (a Kaldi data dir; its ``wav.scp`` must name files): the int8 files' drift on speech,
+``--drift-data data/test`` (a Kaldi data dir, read as in stage 1: 16 kHz mono): the int8 files' drift on speech,
 the relative L2 error of the last hidden state against the fp32 file on ``--drift-clips`` utterances (every n-th
 of the list), over all frames and over each utterance's quietest quarter of frames (by the waveform's energy per
 frame). Steady noise would hide what speech's peaks do to the int8 CNN convs' per-tensor activation scales.
@@ -47,19 +47,22 @@ def evaluate(head: Path, upstream: str, upstream_ckpt: Path, expdir: Path, split
 
 def speech_drift(fp32: Path, int8_files, data_dir: Path, clips: int):
     """Rows ``(label, relative L2 all frames, relative L2 quietest quarter)`` on ``clips`` utterances."""
-    import soundfile
-
+    from dphubert.data import AudioError, DataDirError, load_data_dir, read_audio
     from dphubert.export import OnnxEncoder
 
-    lines = [line.split(maxsplit=1) for line in (data_dir / "wav.scp").read_text().splitlines() if line.strip()]
-    lines = lines[:: max(1, len(lines) // clips)][:clips]
+    try:
+        data = load_data_dir(data_dir)
+    except DataDirError as e:
+        sys.exit(f"--drift-data: {e}")
+    utts = data.utt_ids[:: max(1, len(data.utt_ids) // clips)][:clips]
     reference = OnnxEncoder(fp32, threads=1)
     sums = {label: np.zeros(4) for label in int8_files}
     engines = {label: OnnxEncoder(path, threads=1) for label, path in int8_files.items()}
-    for utt, path in lines:
-        wav, rate = soundfile.read(path.strip(), dtype="float32")
-        if rate != 16000 or wav.ndim != 1:
-            sys.exit(f"{data_dir}/wav.scp: {utt} ({path.strip()}) is not 16 kHz mono; choose another --drift-data")
+    for utt in utts:
+        try:
+            wav = read_audio(data, utt)  # 16 kHz mono or a one-line error naming the utterance
+        except AudioError as e:
+            sys.exit(f"--drift-data: {e}")
         x, n = wav[None], np.array([len(wav)])
         ref = reference(x, n)[0][-1, 0]
         frames = ref.shape[0]

@@ -1,17 +1,30 @@
 """Shared fixtures: tiny model configs (the suite runs on a 2-core CPU)."""
 
+import io
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
+from scipy.signal import resample_poly
 
 from dphubert.models import base_config, large_config
 
 ALL_GATES = dict(extractor_prune_conv_channels=True, encoder_prune_attention_heads=True,
                  encoder_prune_attention_layer=True, encoder_prune_feed_forward_intermediate=True,
                  encoder_prune_feed_forward_layer=True)
+
+
+def espeak_speech(text: str, voice: str = "en-us", rate: int = 16000) -> np.ndarray:
+    """Real speech from espeak-ng (which writes 22.05 kHz): float32 at 22.05 kHz or resampled to 16 kHz."""
+    wav_bytes = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+    samples, espeak_rate = soundfile.read(io.BytesIO(wav_bytes), dtype="float32")
+    assert espeak_rate == 22050 and rate in (16000, 22050), (espeak_rate, rate)
+    return samples if rate == 22050 else resample_poly(samples, 160, 441).astype(np.float32)
 
 
 def tiny_config(model_type: str = "hubert", large: bool = False, **overrides):

@@ -1,16 +1,12 @@
 """ONNX export (dphubert.export, python -m dphubert.bin.export): onnxruntime vs PyTorch, int8 drift, bad input."""
 
-import io
-import subprocess
-
 import numpy as np
 import onnx
 import pytest
 import soundfile
 import torch
-from scipy.signal import resample_poly
 
-from conftest import ALL_GATES, tiny_config
+from conftest import ALL_GATES, espeak_speech, tiny_config
 from dphubert.bin import export as export_cli
 from dphubert.export import ExportError, OnnxEncoder, check_waveforms, export_onnx, layer_drift
 from dphubert.export.onnx_export import DEFAULT_INT8_CNN_CONVS
@@ -211,21 +207,13 @@ def test_cli_exports_checks_and_rejects_bad_input_in_one_line(tmp_path, capsys):
     assert not any((tmp_path / f).exists() for f in ("g.onnx", "u.onnx", "c.onnx"))
 
 
-def espeak_wav(path, text: str, rate: int) -> None:
-    """Real speech (espeak-ng writes 22.05 kHz), kept at 22.05 kHz or resampled to 16 kHz."""
-    wav_bytes = subprocess.run(["espeak-ng", "--stdout", text], capture_output=True, check=True).stdout
-    samples, espeak_rate = soundfile.read(io.BytesIO(wav_bytes), dtype="float32")
-    assert espeak_rate == 22050
-    soundfile.write(path, samples if rate == 22050 else resample_poly(samples, 160, 441), rate)
-
-
 def test_cli_checks_on_a_data_dir_of_real_speech(tmp_path, capsys):
     model = pruned_model("hubert", False)
     save_model(model, tmp_path / "pruned.pt")
     data = tmp_path / "data"
     data.mkdir()
-    espeak_wav(tmp_path / "a.wav", "turn the lights off in the kitchen", 16000)
-    espeak_wav(tmp_path / "b.wav", "yes", 22050)
+    soundfile.write(tmp_path / "a.wav", espeak_speech("turn the lights off in the kitchen"), 16000)
+    soundfile.write(tmp_path / "b.wav", espeak_speech("yes", rate=22050), 22050)
     (data / "wav.scp").write_text(f"utt-a {tmp_path / 'a.wav'}\nutt-b {tmp_path / 'b.wav'}\n")
     out = tmp_path / "m8.onnx"
     argv = ["--model", str(tmp_path / "pruned.pt"), "--out", str(out), "--quantize", "int8", "--check-data", str(data)]

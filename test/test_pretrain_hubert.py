@@ -1,6 +1,5 @@
 """pretrain_hubert CLI: a tiny real run on espeak-ng speech learns, loads, and resumes exactly after a kill."""
 
-import io
 import os
 import subprocess
 import sys
@@ -11,8 +10,8 @@ import pytest
 import soundfile
 import torch
 import yaml
-from scipy.signal import resample_poly
 
+from conftest import espeak_speech
 from dphubert.bin import pretrain_hubert
 from dphubert.distill.config import load_config
 from dphubert.models import load_model
@@ -30,13 +29,6 @@ TINY = ["--num-layers", "2", "--embed-dim", "32", "--num-heads", "2", "--ffn-dim
         "--log-interval", "10", "--save-interval", "10", "--seed", "3", "--unmasked-weight", "0.5"]
 
 
-def espeak_16k(text: str, voice: str) -> np.ndarray:
-    wav_bytes = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
-    samples, rate = soundfile.read(io.BytesIO(wav_bytes), dtype="float32")
-    assert rate == 22050
-    return resample_poly(samples, 160, 441).astype(np.float32)  # 22.05 kHz -> 16 kHz
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """Ten spoken utterances (1.5-3 s) in a Kaldi data dir."""
@@ -45,7 +37,7 @@ def data_dir(tmp_path_factory) -> Path:
     for i, text in enumerate(TEXTS):
         utt = f"spk{i % 5}-utt{i:02d}"
         path = root / f"{utt}.wav"
-        soundfile.write(path, espeak_16k(text, VOICES[i % 5]), 16000)
+        soundfile.write(path, espeak_speech(text, VOICES[i % 5]), 16000)
         lines.append(f"{utt} {path}\n")
     data = root / "data"
     data.mkdir()
