@@ -2,7 +2,7 @@
 
     python bench/export_accuracy.py --model exp/demo_sp0.75/final/model.pt \\
         --head exp/demo_sp0.75/superb/dphubert/ks/dev-best.ckpt [--task ks] [--out exp/export_accuracy] \
-        [--int8-cnn-convs 0 1 2]
+        [--int8-cnn-convs 0 3 6]
 
 The model is exported to ONNX fp32 and int8 (``python -m dphubert.bin.export``'s code; one int8 file per
 ``--int8-cnn-convs`` value, default the export's), then s3prl's own
@@ -17,7 +17,7 @@ paired over utterances (bootstrap 95% interval) with the utterances whose right/
 ``--drift-data data/test`` (a Kaldi data dir, read as in stage 1: 16 kHz mono): the int8 files' drift on speech,
 the relative L2 error of the last hidden state against the fp32 file on ``--drift-clips`` utterances (every n-th
 of the list), over all frames and over each utterance's quietest quarter of frames (by the waveform's energy per
-frame). Steady noise would hide what speech's peaks do to the int8 CNN convs' per-tensor activation scales.
+frame). Steady noise would hide what speech's level changes do to the int8 CNN convs' activation scales.
 """
 
 import argparse

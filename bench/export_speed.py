@@ -1,7 +1,7 @@
 """CPU speed of the deployed encoder: PyTorch fp32 vs onnxruntime fp32 vs onnxruntime int8, ratios in one run.
 
     python bench/export_speed.py [--threads 1 2] [--repeats 5] [--batch 4] [--demo-model exp/<tag>/final/model.pt] \
-        [--int8-cnn-convs 0 1 2] [--profile]
+        [--int8-cnn-convs 0 3 6] [--profile]
 
 For two models, (a) the demo's final model (``--demo-model``; without one, the demo teacher's shape from
 egs/demo/conf/pretrain_hubert.yaml, 4 x 256 with a 128-channel CNN, pruned at random to ~0.75 sparsity) and

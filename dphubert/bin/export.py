@@ -46,8 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantize", default="none", choices=["none", "int8"],
                         help="int8: dynamic quantisation of the linear layers and of --int8-cnn-convs CNN convs")
     parser.add_argument("--int8-cnn-convs", type=int, default=None,
-                        help=f"with --quantize int8: CNN convs after the first run in int8 (default "
-                             f"{DEFAULT_INT8_CNN_CONVS}; more is faster and drifts more, 0 keeps the CNN fp32)")
+                        help=f"with --quantize int8: CNN convs after the first run in int8 (default all, "
+                             f"{DEFAULT_INT8_CNN_CONVS} in a wav2vec 2.0-family CNN; fewer drift less and are slower, "
+                             f"0 keeps the CNN fp32)")
     parser.add_argument("--check-seconds", type=float, default=2.0,
                         help="length of the longer of the two check inputs (0: skip the check)")
     parser.add_argument("--check-data", default=None,

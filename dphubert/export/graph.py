@@ -8,7 +8,8 @@ normalisation). ``TraceableEncoder`` computes the same states with one path for 
 - the first conv and its group norm are one matrix product over the conv's input windows, frames-major
   (``_first_block_group_norm``: the norm's statistics follow from the windows' mean and covariance, so no pass
   over the CNN's largest tensor is spent on them); with ``int8_cnn_convs`` (the int8 file) that many convs after
-  it are int8 matrix products (``quantized_conv``), frames-major; the others are plain ``conv1d``;
+  it are int8 matrix products (``quantized_conv``, one activation scale per chunk of frames; the waveform is
+  zero-padded so that the frames fill whole chunks), frames-major; the others are plain ``conv1d``;
 - waveform normalisation is per-item statistics over the valid samples (masked sums);
 - the positional conv's weight norm is folded into a constant weight, and the conv runs as block DFTs written as
   matrix products (``block_dft_conv``: 3x faster than onnxruntime's grouped ``Conv``);
@@ -29,7 +30,7 @@ from dphubert.models import Wav2Vec2Model
 from dphubert.models import components as C
 
 from .block_dft_conv import BlockDFTConv
-from .quantized_conv import QuantizedConv, im2col_columns
+from .quantized_conv import INT8_ROWS_PER_SCALE, QuantizedConv, im2col_columns
 
 
 class ExportError(ValueError):
@@ -77,7 +78,14 @@ class TraceableEncoder(nn.Module):
         if not 0 <= int8_cnn_convs < len(blocks):
             raise ExportError(f"--int8-cnn-convs {int8_cnn_convs}: this CNN has {len(blocks) - 1} convs after the "
                               f"first; choose 0..{len(blocks) - 1}")
-        self.quantized_convs = nn.ModuleList([QuantizedConv(b.conv) for b in blocks[1: 1 + int8_cnn_convs]])
+        odd = [(i, b.kernel_size, b.stride) for i, b in enumerate(blocks[1: 1 + int8_cnn_convs], 1)
+               if not QuantizedConv.supports(b.kernel_size, b.stride)]
+        if odd:
+            raise ExportError(f"--int8-cnn-convs {int8_cnn_convs}: CNN conv {odd[0][0]} (kernel {odd[0][1]}, stride "
+                              f"{odd[0][2]}) has no int8 form (it needs stride <= kernel <= 2 * stride); choose "
+                              f"--int8-cnn-convs {odd[0][0] - 1} or fewer")
+        self.quantized_convs = nn.ModuleList([QuantizedConv(b.conv, INT8_ROWS_PER_SCALE)
+                                              for b in blocks[1: 1 + int8_cnn_convs]])
         # Eval mode for the wrapper too: torch.onnx.export restores the mode it found, recursively, so a
         # wrapper left in training mode would switch the wrapped model's dropout on after the export.
         self.eval()
@@ -146,22 +154,34 @@ class TraceableEncoder(nn.Module):
             return F.gelu(torch.matmul(product.transpose(1, 2), windows_t)), lengths
         return F.gelu(torch.matmul(windows, product)), lengths
 
+    def _pad_for_chunks(self, waveforms: Tensor) -> Tensor:
+        """Zeros after the batch's end, so that the first block's frames are a whole number of the int8 convs'
+        chunks at every int8 conv (``rows`` times the product of their strides); the extra frames are padding."""
+        first = self.model.feature_extractor.conv_layers[0]
+        multiple = INT8_ROWS_PER_SCALE * math.prod(conv.stride for conv in self.quantized_convs)
+        frames = (waveforms.shape[1] - first.kernel_size) // first.stride + 1
+        return F.pad(waveforms, (0, (multiple - frames % multiple) % multiple * first.stride))
+
     def _cnn(self, waveforms: Tensor, lengths: Tensor):
         """``(B, S) -> (B, T, C)`` features for the projection, and the valid frames."""
         blocks = self.model.feature_extractor.conv_layers
         int8 = len(self.quantized_convs)
+        frames = (waveforms.shape[1] - blocks[0].kernel_size) // blocks[0].stride + 1  # without _pad_for_chunks
+        if int8:
+            waveforms = self._pad_for_chunks(waveforms)
         if blocks[0].norm == "group":
             x, lengths = self._first_block_group_norm(blocks[0], waveforms, lengths, channels_first=int8 == 0)
         else:
             x, lengths = self._conv_block(blocks[0], waveforms.unsqueeze(1), lengths)
             x = x.transpose(1, 2) if int8 else x
         for block, conv in zip(blocks[1:], self.quantized_convs):  # frames-major int8 convs
-            x = conv(x)
+            x = conv(x, self._valid(lengths, x.shape[1], x.dtype))
             lengths = block.output_lengths(lengths)
+            frames = (frames - block.kernel_size) // block.stride + 1
             if block.norm == "layer":
                 x = block.layer_norm(x)
             x = F.gelu(x)  # (group norm comes only in the first block: _build_feature_extractor)
-        x = x.transpose(1, 2) if int8 else x
+        x = x[:, :frames].transpose(1, 2) if int8 else x  # (the chunks' extra frames dropped)
         for block in blocks[1 + int8:]:  # channels-major fp32 convs
             x, lengths = self._conv_block(block, x, lengths)
         return x.transpose(1, 2), lengths

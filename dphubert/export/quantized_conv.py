@@ -1,26 +1,31 @@
 """The CNN's strided convs as int8 matrix products in the exported graph (the int8 file only).
 
 onnxruntime's dynamic quantisation leaves a ``Conv`` in fp32 (its ``ConvInteger`` ran 7x slower than the fp32
-conv on this project's Xeon), and the CNN is over half of a HuBERT-Base-shaped int8 model's time. Here each
-conv after the first runs frames-major as
+conv on this project's Xeon), and the CNN is most of a compressed model's time. Here each conv after the first
+runs frames-major as
 
-    DynamicQuantizeLinear(x)  ->  im2col on the uint8 tensor  ->  MatMulIntegerToFloat(columns, W_int8) + bias
+    per-chunk scales  ->  QuantizeLinear (per chunk)  ->  im2col on the uint8 tensor  ->  MatMulIntegerToFloat
+    (columns, W_int8)  ->  * chunk scale + chunk shift
 
-i.e. the activations are quantised once per conv (per tensor, asymmetric uint8: ONNX's DynamicQuantizeLinear),
-the im2col copies move bytes, not floats, and the product runs in onnxruntime's int8 GEMM. Weights are int8,
-symmetric, one scale per output channel, 7-bit range (as ``quantize_int8``'s ``reduce_range``: no u8 x s8
+The activations get one scale per chunk of ``INT8_ROWS_PER_SCALE`` output frames (its input frames and the
+``kernel - stride`` frames after them, asymmetric uint8 over [GELU_MIN, the chunk's max]). One scale per tensor,
+which an earlier version used (ONNX's ``DynamicQuantizeLinear``), is set by speech's peaks: the conv inputs'
+range is 25-44x their RMS and each int8 conv added 1-2% error on the demo's test speech, 6 of them 34% on the last
+state; per chunk of 4 frames each is 0.5-0.8% off, about what its 7-bit weights cost alone (0.4-0.6%). Chunks
+start at each item's first frame and padding frames never set a scale, so an item of a padded batch is quantised
+as it is alone; the caller pads the frames to whole chunks (``TraceableEncoder._pad_for_chunks``). Weights are
+int8, symmetric, one scale per output channel, 7-bit range (as ``quantize_int8``'s ``reduce_range``: no u8 x s8
 saturation on CPUs without VNNI). The first conv stays fp32: it reads one channel, so int8 buys nothing, and the
-group norm after it would amplify its rounding in channels of small variance. Only the first few convs after it
-are worth it (``export_onnx``'s ``int8_cnn_convs``): with one activation scale per tensor, set by speech's peaks,
-each int8 conv adds 1-2% error on speech.
+group norm after it would amplify its rounding in channels of small variance.
 
-The two ops are written with ``torch.autograd.Function.symbolic`` (the TorchScript exporter emits them as they
-are); their ``forward`` computes the same arithmetic in PyTorch, which the trace needs for shapes.
+The ops are written with ``torch.autograd.Function.symbolic`` (the TorchScript exporter emits them as they are);
+their ``forward`` computes the same arithmetic in PyTorch, which the trace needs for shapes.
 """
 
 from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 WEIGHT_QMAX = 63  # 7-bit signed weights: [-64, 63]
@@ -35,36 +40,18 @@ def quantize_weight(conv_weight: Tensor) -> Tuple[Tensor, Tensor]:
     return q, scale
 
 
-class DynamicQuantizeLinear(torch.autograd.Function):
-    """ONNX DynamicQuantizeLinear: ``x -> (uint8 q, scale, zero_point)`` over the whole tensor, range incl. 0."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor):
-        low = x.min().clamp(max=0.0)
-        high = x.max().clamp(min=0.0)
-        scale = ((high - low) / 255.0).clamp(min=1e-12)
-        zero_point = torch.round(-low / scale).clamp(0, 255)
-        q = (torch.round(x / scale) + zero_point).clamp(0, 255).to(torch.uint8)
-        return q, scale, zero_point.to(torch.uint8)
-
-    @staticmethod
-    def symbolic(g, x):
-        return g.op("DynamicQuantizeLinear", x, outputs=3)
-
-
 class MatMulIntegerToFloat(torch.autograd.Function):
-    """onnxruntime's com.microsoft MatMulIntegerToFloat: ``(a_q - a_zp) a_scale @ (b_q - b_zp) b_scale + bias``."""
+    """onnxruntime's com.microsoft MatMulIntegerToFloat (no bias): ``(a_q - a_zp) a_scale @ (b_q - b_zp) b_scale``."""
 
     @staticmethod
-    def forward(ctx, a_q, b_q, a_scale, b_scale, a_zero_point, b_zero_point, bias):
+    def forward(ctx, a_q, b_q, a_scale, b_scale, a_zero_point, b_zero_point):
         a = (a_q.float() - a_zero_point.float()) * a_scale
         b = (b_q.float() - b_zero_point.float()) * b_scale
-        return torch.matmul(a, b) + bias
+        return torch.matmul(a, b)
 
     @staticmethod
-    def symbolic(g, a_q, b_q, a_scale, b_scale, a_zero_point, b_zero_point, bias):
-        out = g.op("com.microsoft::MatMulIntegerToFloat", a_q, b_q, a_scale, b_scale, a_zero_point, b_zero_point,
-                   bias)
+    def symbolic(g, a_q, b_q, a_scale, b_scale, a_zero_point, b_zero_point):
+        out = g.op("com.microsoft::MatMulIntegerToFloat", a_q, b_q, a_scale, b_scale, a_zero_point, b_zero_point)
         # The exporter knows no shape rule for a contrib op: state it (A's leading dims, B's columns, float).
         a_type = a_q.type()
         if a_type.dim() is not None:
@@ -93,22 +80,88 @@ def im2col(x: Tensor, kernel: int, stride: int) -> Tensor:
     return columns[0] if len(columns) == 1 else torch.cat(columns, dim=2)
 
 
-class QuantizedConv(torch.nn.Module):
-    """A strided conv ``(B, T, C_in) -> (B, T', C_out)`` float frames-major, as int8 im2col @ int8 weight."""
+INT8_ROWS_PER_SCALE = 4  # output frames per activation scale (README "Deployment": accuracy and speed)
+GELU_MIN = -0.17  # GELU(x) >= -0.16997: every conv after the first reads a GELU's output
 
-    def __init__(self, conv: torch.nn.Conv1d):
+
+class QuantizeLinear(torch.autograd.Function):
+    """ONNX QuantizeLinear per axis 0: ``(M, K)`` float, ``(M,)`` scale and uint8 zero point -> uint8."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor):
+        q = torch.round(x / scale[:, None]) + zero_point[:, None].float()
+        return q.clamp(0, 255).to(torch.uint8)
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point):
+        return g.op("QuantizeLinear", x, scale, zero_point, axis_i=0)
+
+
+
+class QuantizedConv(torch.nn.Module):
+    """A strided conv as an int8 product with one activation scale per chunk of ``rows`` output frames.
+
+    ``forward(x (B, T, C_in) float frames-major, valid (B, T): 1.0, 0.0 on padding) -> (B, T / stride, C_out)``
+    for T a multiple of ``span`` (``rows * stride``): chunk j's output rows read its ``span`` input frames and the first
+    ``kernel - stride`` of the next chunk (its halo), which are quantised once more with chunk j's scale. Output
+    rows past ``(T - kernel) // stride + 1`` read the clamped ends: the caller drops them.
+    """
+
+    def __init__(self, conv: torch.nn.Conv1d, rows: int):
         super().__init__()
-        self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
+        self.kernel, self.stride, self.rows = conv.kernel_size[0], conv.stride[0], rows
+        self.halo = self.kernel - self.stride
+        if not self.supports(self.kernel, self.stride):
+            raise ValueError(f"kernel {self.kernel}, stride {self.stride}: needs stride <= kernel <= 2 * stride")
+        self.span = rows * self.stride
         weight, scale = quantize_weight(conv.weight)
         # Persistent buffers: the exporter writes them as initializers (non-persistent ones become Constant nodes).
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", torch.zeros_like(weight[0]))
+        self.register_buffer("column_sums", weight.float().sum(0) * scale)  # what the zero points add per channel
         bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
         self.register_buffer("bias", bias)
+        self.register_buffer("unit_scale", torch.ones(()))
+        self.register_buffer("zero", torch.zeros((), dtype=torch.uint8))
 
-    def forward(self, x: Tensor) -> Tensor:
-        q, scale, zero_point = DynamicQuantizeLinear.apply(x)
-        columns = im2col(q, self.kernel, self.stride)
-        return MatMulIntegerToFloat.apply(columns, self.weight, scale, self.weight_scale, zero_point,
-                                          self.weight_zero_point, self.bias)
+    @staticmethod
+    def supports(kernel: int, stride: int) -> bool:
+        return stride <= kernel <= 2 * stride
+
+    def _chunk_scales(self, x: Tensor, valid: Tensor):
+        """Per chunk (B, chunks): the scale and zero point of the range [GELU_MIN, max over its frames and halo];
+        padding frames are left out, so an item's scales do not depend on the batch it is in."""
+        batch = x.shape[0]
+        high = (x.amax(dim=2) * valid).reshape(batch, -1, self.span)
+        chunk_high = high.amax(dim=2)
+        if self.halo:
+            chunk_high = torch.maximum(chunk_high, F.pad(high[:, :, : self.halo][:, 1:].amax(dim=2), (0, 1)))
+        scale = (chunk_high.clamp(min=0.0) - GELU_MIN) / 255.0
+        zero_point = torch.round(-GELU_MIN / scale).clamp(0, 255)
+        return scale, zero_point
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        batch, frames, channels = x.shape
+        chunks = frames // self.span
+        scale, zero_point = self._chunk_scales(x, valid)
+        flat_scale, flat_zero = scale.reshape(-1), zero_point.reshape(-1).to(torch.uint8)
+        q = QuantizeLinear.apply(x.reshape(-1, self.span * channels), flat_scale, flat_zero)
+        q = q.reshape(batch, chunks, self.rows, self.stride * channels)  # row r: frames r*stride .. + stride - 1
+        columns = q
+        if self.halo:  # each row's last kernel - stride frames: the next row's first ones; the last row's: the halo
+            # (Gathers of the frames needed, not Slices: the exporter writes one copying Slice per sliced dim)
+            steps = torch.arange(self.halo, device=x.device)
+            halo = ((torch.arange(chunks, device=x.device) + 1) * self.span)[:, None] + steps  # next chunk's first
+            halo = x.index_select(1, halo.reshape(-1).clamp(max=frames - 1))  # (the last chunk's: past the end)
+            halo = QuantizeLinear.apply(halo.reshape(-1, self.halo * channels), flat_scale, flat_zero)
+            inside = ((torch.arange(1, self.rows, device=x.device) * self.stride)[:, None] + steps).reshape(-1)
+            inside = q.reshape(batch, chunks, self.span, channels).index_select(2, inside)
+            tail = torch.cat([inside.reshape(batch, chunks, self.rows - 1, self.halo * channels),
+                              halo.reshape(batch, chunks, 1, self.halo * channels)], dim=2)
+            columns = torch.cat([q, tail], dim=3)  # (B, chunks, rows, kernel * C): im2col, offset-major
+        y = MatMulIntegerToFloat.apply(columns, self.weight, self.unit_scale, self.weight_scale, self.zero,
+                                       self.weight_zero_point)
+        # x = scale * (q - zero_point): the product is scale * (q W) - scale * zero_point * sum(W) per chunk.
+        shift = self.bias - (scale * zero_point)[..., None, None] * self.column_sums
+        return (y * scale[..., None, None] + shift).reshape(batch, chunks * self.rows, -1)
