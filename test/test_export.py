@@ -62,8 +62,9 @@ def test_onnx_matches_pytorch_on_other_batch_and_padded_items(tmp_path, model_ty
     assert np.abs(a[:, 0, :n] - b[:, 0, :n]).max() <= 1e-5
 
 
-@pytest.mark.parametrize("model_type,large,cnn_convs", [(*v, c) for v, c in zip(VARIANTS, (None, 3, 0))],
-                         ids=["hubert_default", "wavlm_all_cnn", "pre_ln_no_cnn"])
+@pytest.mark.parametrize("model_type,large,cnn_convs", [(*v, c) for v, c in zip(VARIANTS, (None, 3, 0))]
+                         + [("hubert", True, None)],
+                         ids=["hubert_default", "wavlm_all_cnn", "pre_ln_no_cnn", "pre_ln_layer_norm_cnn_default"])
 def test_int8_runs_and_reports_per_layer_drift(tmp_path, model_type, large, cnn_convs):
     model = pruned_model(model_type, large)
     out = export_onnx(model, tmp_path / "m8.onnx", layers=[1, 3], precision="int8", int8_cnn_convs=cnn_convs)
@@ -192,16 +193,20 @@ def test_quantized_conv_scales_each_chunk_and_ignores_padding(kernel, stride):
     for rows in (slice(0, half), slice(-half, None)):
         error = (out[:, rows] - reference[:, rows]).norm() / (reference[:, rows] - conv.bias).norm()
         assert 0 < error < 0.03, (rows, error)
-    # Padding: item 1 ends after 3 chunks (and loud garbage follows); its valid rows are what it gets alone.
+    # Padding: item 1 ends inside its third chunk, loud garbage after it; its valid rows are what it gets alone
+    # (alone: its frames zero-padded to whole chunks, as the graph pads a lone item), and the mask is what does it.
+    end = 3 * quantized.span - 2 * stride
     padded = x.clone()
-    padded[1, 3 * quantized.span:] = 50.0
-    valid[1, 3 * quantized.span:] = 0.0
-    alone = x[1:, : 3 * quantized.span]
+    padded[1, end:] = 50.0
+    valid[1, end:] = 0.0
+    alone = torch.nn.functional.pad(x[1:, :end], (0, 0, 0, 3 * quantized.span - end))
     with torch.no_grad():
         in_batch = quantized(padded, valid)[1]
-        by_itself = quantized(alone, torch.ones(1, alone.shape[1]))[0]
-    rows = (3 * quantized.span - kernel) // stride + 1
-    assert torch.equal(in_batch[:rows], by_itself[:rows])
+        by_itself = quantized(alone, valid[1:, : alone.shape[1]])[0]
+        unmasked = quantized(padded, torch.ones(2, frames))[1]
+    rows = (end - kernel) // stride + 1
+    assert torch.allclose(in_batch[:rows], by_itself[:rows], rtol=0, atol=1e-6 * float(by_itself.abs().max()))
+    assert not torch.allclose(unmasked[:rows], by_itself[:rows], atol=1e-3)
 
 
 def test_cli_exports_checks_and_rejects_bad_input_in_one_line(tmp_path, capsys):

@@ -97,14 +97,13 @@ class QuantizeLinear(torch.autograd.Function):
         return g.op("QuantizeLinear", x, scale, zero_point, axis_i=0)
 
 
-
 class QuantizedConv(torch.nn.Module):
     """A strided conv as an int8 product with one activation scale per chunk of ``rows`` output frames.
 
     ``forward(x (B, T, C_in) float frames-major, valid (B, T): 1.0, 0.0 on padding) -> (B, T / stride, C_out)``
-    for T a multiple of ``span`` (``rows * stride``): chunk j's output rows read its ``span`` input frames and the first
-    ``kernel - stride`` of the next chunk (its halo), which are quantised once more with chunk j's scale. Output
-    rows past ``(T - kernel) // stride + 1`` read the clamped ends: the caller drops them.
+    for T a multiple of ``span`` (``rows * stride``): chunk j's output rows read its ``span`` input frames and
+    the first ``kernel - stride`` of the next chunk (its halo), which are quantised once more with chunk j's
+    scale. Output rows past ``(T - kernel) // stride + 1`` read the clamped ends: the caller drops them.
     """
 
     def __init__(self, conv: torch.nn.Conv1d, rows: int):
