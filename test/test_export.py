@@ -154,7 +154,8 @@ def test_block_dft_positional_conv_matches_conv1d(tmp_path, kernel, groups):
 
 @pytest.mark.parametrize("kernel,stride", [(10, 5), (3, 2), (2, 2), (4, 3), (5, 2), (1, 1)])
 def test_im2col_matches_conv1d(kernel, stride):
-    from dphubert.export.quantized_conv import im2col, quantize_weight
+    from dphubert.export.graph import im2col_columns
+    from dphubert.export.quantized_conv import quantize_weight
 
     torch.manual_seed(4)
     conv = torch.nn.Conv1d(6, 5, kernel, stride=stride)
@@ -163,7 +164,7 @@ def test_im2col_matches_conv1d(kernel, stride):
         with torch.no_grad():
             reference = conv(x).transpose(1, 2)  # (B, T', C_out)
             weight = conv.weight.permute(2, 1, 0).reshape(-1, 5)  # the row order quantize_weight uses
-            columns = im2col(x.transpose(1, 2), kernel, stride)
+            columns = torch.cat(im2col_columns(x.transpose(1, 2), kernel, stride), dim=2)
             assert columns.shape == (2, reference.shape[1], kernel * 6)
             assert torch.allclose(columns @ weight + conv.bias, reference, atol=1e-5)
     q, scale = quantize_weight(conv.weight)
@@ -172,10 +173,13 @@ def test_im2col_matches_conv1d(kernel, stride):
 
 
 @pytest.mark.parametrize("kernel,stride", [(3, 2), (2, 2), (4, 2), (5, 3)])
-def test_quantized_conv_scales_each_chunk_and_ignores_padding(kernel, stride):
+def test_quantized_conv_scales_each_chunk_and_ignores_padding(tmp_path, kernel, stride):
     """The int8 conv (PyTorch arithmetic of the exported ops) against conv1d on a GELU input whose level drops
     40 dB halfway, as speech's does: each half keeps a small error of its own (one scale per tensor, set by the
-    loud half, leaves the quiet half at 78-95% error here); an item of a padded batch gets what it gets alone."""
+    loud half, leaves the quiet half at 78-95% error here); an item of a padded batch gets what it gets alone,
+    in PyTorch and in onnxruntime running the exported ops."""
+    import onnxruntime
+
     from dphubert.export.quantized_conv import QuantizedConv
 
     torch.manual_seed(5)
@@ -207,6 +211,17 @@ def test_quantized_conv_scales_each_chunk_and_ignores_padding(kernel, stride):
     rows = (end - kernel) // stride + 1
     assert torch.allclose(in_batch[:rows], by_itself[:rows], rtol=0, atol=1e-6 * float(by_itself.abs().max()))
     assert not torch.allclose(unmasked[:rows], by_itself[:rows], atol=1e-3)
+    # The same in onnxruntime: the exported ops (per-axis QuantizeLinear, MatMulIntegerToFloat on 4-D columns).
+    path = tmp_path / "conv.onnx"
+    axes = {"x": {0: "batch", 1: "frames"}, "valid": {0: "batch", 1: "frames"}, "y": {0: "batch", 1: "rows"}}
+    torch.onnx.export(quantized, (padded, valid), str(path), input_names=["x", "valid"], output_names=["y"],
+                      dynamic_axes=axes, opset_version=17, dynamo=False, custom_opsets={"com.microsoft": 1})
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ort_batch = session.run(None, {"x": padded.numpy(), "valid": valid.numpy()})[0][1, :rows]
+    ort_alone = session.run(None, {"x": alone.numpy(), "valid": valid[1:, : alone.shape[1]].numpy()})[0][0, :rows]
+    scale = float(by_itself.abs().max())
+    assert np.abs(ort_batch - ort_alone).max() <= 1e-6 * scale
+    assert np.abs(ort_alone - by_itself[:rows].numpy()).max() <= 1e-5 * scale  # (2.6e-7 measured)
 
 
 def test_cli_exports_checks_and_rejects_bad_input_in_one_line(tmp_path, capsys):

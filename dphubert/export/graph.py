@@ -30,7 +30,21 @@ from dphubert.models import Wav2Vec2Model
 from dphubert.models import components as C
 
 from .block_dft_conv import BlockDFTConv
-from .quantized_conv import INT8_ROWS_PER_SCALE, QuantizedConv, im2col_columns
+from .quantized_conv import INT8_ROWS_PER_SCALE, QuantizedConv
+
+
+def im2col_columns(x: Tensor, kernel: int, stride: int) -> List[Tensor]:
+    """``(B, T, C)`` -> the pieces of ``im2col`` (``(B, T', n * C)`` each), to concatenate with more columns.
+
+    With ``kernel = q * stride + r``, output frame t reads stride-long chunks t .. t + q - 1 (one reshape of the
+    input gives every chunk) and, for r > 0, r more frames (strided slices).
+    """
+    batch, channels = x.shape[0], x.shape[2]
+    q, r = divmod(kernel, stride)
+    count = x[:, kernel - 1:: stride].shape[1]  # the last tap's strided slice has exactly the output frames
+    chunks = x[:, : (count + q - 1) * stride].reshape(batch, -1, stride * channels)
+    columns = [chunks] if q == 1 else [chunks[:, i: i + count] for i in range(q)]  # (each slice is a copy in ONNX)
+    return columns + [x[:, q * stride + j: q * stride + j + (count - 1) * stride + 1: stride] for j in range(r)]
 
 
 class ExportError(ValueError):
@@ -154,12 +168,11 @@ class TraceableEncoder(nn.Module):
             return F.gelu(torch.matmul(product.transpose(1, 2), windows_t)), lengths
         return F.gelu(torch.matmul(windows, product)), lengths
 
-    def _pad_for_chunks(self, waveforms: Tensor) -> Tensor:
-        """Zeros after the batch's end, so that the first block's frames are a whole number of the int8 convs'
-        chunks at every int8 conv (``rows`` times the product of their strides); the extra frames are padding."""
+    def _pad_for_chunks(self, waveforms: Tensor, frames) -> Tensor:
+        """Zeros after the batch's end, so that the first block's ``frames`` become a whole number of the int8
+        convs' chunks at every int8 conv (``rows`` times the product of their strides); the extra are padding."""
         first = self.model.feature_extractor.conv_layers[0]
         multiple = INT8_ROWS_PER_SCALE * math.prod(conv.stride for conv in self.quantized_convs)
-        frames = (waveforms.shape[1] - first.kernel_size) // first.stride + 1
         return F.pad(waveforms, (0, (multiple - frames % multiple) % multiple * first.stride))
 
     def _cnn(self, waveforms: Tensor, lengths: Tensor):
@@ -168,7 +181,7 @@ class TraceableEncoder(nn.Module):
         int8 = len(self.quantized_convs)
         frames = (waveforms.shape[1] - blocks[0].kernel_size) // blocks[0].stride + 1  # without _pad_for_chunks
         if int8:
-            waveforms = self._pad_for_chunks(waveforms)
+            waveforms = self._pad_for_chunks(waveforms, frames)
         if blocks[0].norm == "group":
             x, lengths = self._first_block_group_norm(blocks[0], waveforms, lengths, channels_first=int8 == 0)
         else:

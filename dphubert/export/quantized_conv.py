@@ -22,7 +22,7 @@ The ops are written with ``torch.autograd.Function.symbolic`` (the TorchScript e
 their ``forward`` computes the same arithmetic in PyTorch, which the trace needs for shapes.
 """
 
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -58,26 +58,6 @@ class MatMulIntegerToFloat(torch.autograd.Function):
             leading = [None] * (a_type.dim() - 1)
             out.setType(a_type.with_dtype(torch.float32).with_sizes(leading + [b_q.type().sizes()[-1]]))
         return out
-
-
-def im2col_columns(x: Tensor, kernel: int, stride: int) -> List[Tensor]:
-    """``(B, T, C)`` -> the pieces of ``im2col`` (``(B, T', n * C)`` each), to concatenate with more columns.
-
-    With ``kernel = q * stride + r``, output frame t reads stride-long chunks t .. t + q - 1 (one reshape of the
-    input gives every chunk) and, for r > 0, r more frames (strided slices).
-    """
-    batch, channels = x.shape[0], x.shape[2]
-    q, r = divmod(kernel, stride)
-    count = x[:, kernel - 1:: stride].shape[1]  # the last tap's strided slice has exactly the output frames
-    chunks = x[:, : (count + q - 1) * stride].reshape(batch, -1, stride * channels)
-    columns = [chunks] if q == 1 else [chunks[:, i: i + count] for i in range(q)]  # (each slice is a copy in ONNX)
-    return columns + [x[:, q * stride + j: q * stride + j + (count - 1) * stride + 1: stride] for j in range(r)]
-
-
-def im2col(x: Tensor, kernel: int, stride: int) -> Tensor:
-    """``(B, T, C) -> (B, (T - kernel) // stride + 1, kernel * C)``: each output frame's input frames side by side."""
-    columns = im2col_columns(x, kernel, stride)
-    return columns[0] if len(columns) == 1 else torch.cat(columns, dim=2)
 
 
 INT8_ROWS_PER_SCALE = 4  # output frames per activation scale (README "Deployment": accuracy and speed)
