@@ -96,6 +96,36 @@ def test_int8_runs_and_reports_per_layer_drift(tmp_path, model_type, large, cnn_
         assert 0 < r["relative_l2"] < 0.05, rows
 
 
+def optimized_op_counts(path) -> dict:
+    """Op types of the graph onnxruntime runs (its fusions applied, those that are not CPU-specific)."""
+    import collections
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(path) + ".optimized"
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_int8_file_keeps_onnxruntime_on_add_and_layer_norm(tmp_path):
+    """onnxruntime's SkipLayerNormalization (fused Add + LayerNormalization) is 5-7x slower than the two ops on
+    this CPU; quantize_dynamic's shape annotations let it fuse, so the int8 file is written without them."""
+    from dphubert.export.onnx_export import quantize_dynamic_int8
+
+    model = pruned_model("hubert", False)  # post-LN: every layer norm reads a residual Add
+    fp32 = export_onnx(model, tmp_path / "m.onnx")
+    assert optimized_op_counts(fp32)["SkipLayerNormalization"] == 0  # the exporter writes no value_info
+    quantize_dynamic_int8(fp32, tmp_path / "raw8.onnx")  # negative control: quantize_dynamic's file as it is
+    assert optimized_op_counts(tmp_path / "raw8.onnx")["SkipLayerNormalization"] > 0
+    int8 = export_onnx(model, tmp_path / "m8.onnx", precision="int8")
+    assert len(onnx.load(str(int8)).graph.value_info) == 0
+    counts = optimized_op_counts(int8)
+    assert counts["SkipLayerNormalization"] == 0 and counts["LayerNormalization"] > 0, counts
+    assert counts["MatMulIntegerToFloat"] > 0 and counts["DynamicQuantizeMatMul"] > 0, counts  # other fusions kept
+
+
 def test_first_block_with_group_norm_as_one_product_matches_the_model_on_each_item():
     """The export's first conv + group norm from the windows' Gram matrix, both layouts, on a padded batch, against
     the model's block in float64 on each item alone (a DC offset costs the model's own float32 block 1.8e-5)."""
