@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dphubert.export import OnnxEncoder, check_waveforms, export_onnx, layer_drift  # noqa: E402
 from dphubert.export.onnx_export import DEFAULT_INT8_CNN_CONVS  # noqa: E402
 from dphubert.models import Wav2Vec2Model, base_config, load_model  # noqa: E402
-from timing import interleaved  # bench/timing.py (this directory is on sys.path)
+from timing import cpu_description, interleaved  # bench/timing.py (this directory is on sys.path)
 
 ALL_GATES = dict(extractor_prune_conv_channels=True, encoder_prune_attention_heads=True,
                  encoder_prune_attention_layer=True, encoder_prune_feed_forward_intermediate=True,
@@ -178,6 +178,8 @@ def main():
           f"load average {load:.1f} at start, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
           f"{args.repeats} repeats, glibc malloc "
           f"{'default' if args.default_malloc else 'keeping freed memory (MALLOC_MMAP/TRIM_THRESHOLD_ 1 GiB)'}")
+    # The ratios depend on the CPU (README "Deployment": an AMX Xeon gives lower ones than an AMD EPYC)
+    print(f"CPU: {cpu_description()}")
     models = {}
     if args.demo_model:
         models["demo final"] = lambda: load_model(args.demo_model)

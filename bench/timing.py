@@ -1,8 +1,26 @@
 """Timing helper shared by the benchmarks: run several functions interleaved so machine load hits them alike."""
 
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, List, Sequence
+
+# Instruction sets that change which engine wins (int8 dot products, AMX tiles): printed beside every ratio.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """``"<model name> (<features present>)"`` from Linux's cpuinfo, or the platform's processor string."""
+    if not cpuinfo.is_file():
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in cpuinfo.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # (the first core's)
+    flags = set(fields.get("flags", "").split())
+    present = [feature for feature in CPU_FEATURES if feature in flags]
+    return f"{fields.get('model name', platform.machine())} ({', '.join(present) or 'none of ' + '/'.join(CPU_FEATURES)})"
 
 
 def interleaved(fns: Sequence[Callable[[], object]], repeats: int, pause: float = 0.0) -> List[float]:
