@@ -19,8 +19,8 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())  # (the first core's)
     flags = set(fields.get("flags", "").split())
-    present = [feature for feature in CPU_FEATURES if feature in flags]
-    return f"{fields.get('model name', platform.machine())} ({', '.join(present) or 'none of ' + '/'.join(CPU_FEATURES)})"
+    present = ", ".join(f for f in CPU_FEATURES if f in flags) or "none of " + "/".join(CPU_FEATURES)
+    return f"{fields.get('model name', platform.machine())} ({present})"
 
 
 def interleaved(fns: Sequence[Callable[[], object]], repeats: int, pause: float = 0.0) -> List[float]:
