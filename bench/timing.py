@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Sequence
 
-# Instruction sets that change which engine wins (int8 dot products, AMX tiles): printed beside every ratio.
+# Instruction sets that change which engine wins (int8 dot products, AMX tiles): export_speed.py prints them.
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
 
 

@@ -1,4 +1,4 @@
-"""bench/timing.py: the CPU line every speed benchmark prints beside its ratios."""
+"""bench/timing.py: the CPU line bench/export_speed.py prints beside its ratios."""
 
 import sys
 from pathlib import Path

@@ -110,8 +110,8 @@ def optimized_op_counts(path) -> dict:
 
 
 def test_int8_file_keeps_onnxruntime_on_add_and_layer_norm(tmp_path):
-    """onnxruntime's SkipLayerNormalization (fused Add + LayerNormalization) is 5-7x slower than the two ops on
-    this CPU; quantize_dynamic's shape annotations let it fuse, so the int8 file is written without them."""
+    """onnxruntime's SkipLayerNormalization (fused Add + LayerNormalization) took 2.6 ms where the two ops take
+    0.35 (1.32, CPU); quantize_dynamic's shape annotations let it fuse, so the int8 file is written without them."""
     from dphubert.export.onnx_export import quantize_dynamic_int8
 
     model = pruned_model("hubert", False)  # post-LN: every layer norm reads a residual Add

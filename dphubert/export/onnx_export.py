@@ -102,12 +102,7 @@ def export_onnx(model: Wav2Vec2Model, out: Union[str, Path], layers: Optional[Se
 
 
 def quantize_int8(fp32_path: Union[str, Path], out: Union[str, Path]) -> None:
-    """Dynamic int8 quantisation of the weight MatMuls (per-channel weights); everything else stays fp32.
-
-    ``reduce_range``: 7-bit weights. Without it, CPUs lacking VNNI (AVX2 only, e.g. an AMD EPYC machine of this
-    project's CI) saturate the u8 x s8 products of onnxruntime's int8 kernels: a Base-shaped model drifted 2.8e-2
-    (relative L2) there, 3.4e-3 with it, at the same speed. The file may run on any CPU, so it is always made
-    safe."""
+    """Dynamic int8 quantisation of the weight MatMuls (per-channel weights); everything else stays fp32."""
     import onnx
 
     quantize_dynamic_int8(fp32_path, out)
@@ -121,7 +116,12 @@ def quantize_int8(fp32_path: Union[str, Path], out: Union[str, Path]) -> None:
 
 
 def quantize_dynamic_int8(fp32_path: Union[str, Path], out: Union[str, Path]) -> None:
-    """onnxruntime's ``quantize_dynamic`` with this project's settings (``quantize_int8`` finishes the file)."""
+    """onnxruntime's ``quantize_dynamic`` with this project's settings (``quantize_int8`` finishes the file).
+
+    ``reduce_range``: 7-bit weights. Without it, CPUs lacking VNNI (AVX2 only, e.g. an AMD EPYC machine of this
+    project's CI) saturate the u8 x s8 products of onnxruntime's int8 kernels: a Base-shaped model drifted 2.8e-2
+    (relative L2) there, 3.4e-3 with it, at the same speed. The file may run on any CPU, so it is always made
+    safe."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # quantize_dynamic logs a hint to run its shape pre-processing, whose symbolic inference fails on the
