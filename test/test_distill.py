@@ -438,6 +438,37 @@ def test_two_process_ddp_matches_one_process(work, tmp_path):
     assert len(ckpt["rng"]) == 2 and ckpt["sampler"]["world_size"] == 2
 
 
+WORKER_SCRIPT = """
+import atexit, logging, sys
+import torch.distributed as dist
+from dphubert.distill.cli import run_cli
+from dphubert.distill.errors import DistillError
+dist.init_process_group("gloo", init_method="file://{store}", rank=0, world_size=1)
+atexit.register(lambda: print("interpreter finalised"))
+logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+def main(argv):
+    print("work done", end="")  # a pipe: block-buffered, lost unless flushed before the process ends
+    logging.getLogger("worker").info("logged")
+    if argv:
+        raise DistillError("bad input")
+status = run_cli(main, sys.argv[1:], "prog")
+print("run_cli returned", status)
+"""
+
+
+@pytest.mark.parametrize("argv, status", [([], 0), (["fail"], 1)])
+def test_a_torchrun_worker_ends_in_run_cli_with_its_output_and_status(tmp_path, argv, status):
+    """A worker of a process group ends inside run_cli, skipping the interpreter's finalisation (where gloo's
+    threads can abort the process: distributed.exit_worker), with its output flushed and its exit status."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT.format(store=tmp_path / "store"))
+    proc = subprocess.run([sys.executable, str(script), *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == status, proc.stderr[-2000:]
+    assert proc.stdout == "work done"  # flushed; neither run_cli's return nor atexit handlers ran
+    assert "INFO:worker:logged" in proc.stderr
+    assert ("prog: error: bad input" in proc.stderr) == (status == 1)
+
+
 # ----- teacher targets: online vs dumped -------------------------------------------------------------------------
 def test_dumped_features_give_the_online_loss(work, tmp_path):
     teacher = load_model(work["teacher"])

@@ -22,8 +22,8 @@ from dphubert.models import CheckpointError, ConfigError, PruningError, Wav2Vec2
 from dphubert.user_options import cli_names
 
 from .config import add_config_arguments, load_config, overrides_from_args, write_config
-from .distributed import (DistEnv, any_rank, check_same_inputs, data_digest, model_digest, note_training_agents,
-                          resumes_after_restart, setup_distributed, teardown_distributed)
+from .distributed import (DistEnv, any_rank, check_same_inputs, data_digest, exit_worker, model_digest,
+                          note_training_agents, resumes_after_restart, setup_distributed, teardown_distributed)
 from .errors import DistillError, TeacherMismatchError
 from .report import LOGGER_NAME, setup_logging
 from .students import load_teacher
@@ -65,15 +65,19 @@ def training_parser(method: str, doc: str) -> argparse.ArgumentParser:
 
 
 def run_cli(main: Callable[[Optional[List[str]]], Any], argv: Optional[List[str]], prog: str) -> int:
+    """Run ``main``; a user error becomes one line and status 1. A torchrun worker ends here (``exit_worker``)."""
+    status = 0
     try:
         with cli_names():  # error messages name this CLI's flags
             main(argv)
     except USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+        status = 1
     finally:
-        teardown_distributed()
-    return 0
+        was_worker = teardown_distributed()
+    if was_worker:
+        exit_worker(status)
+    return status
 
 
 def check_teacher_student(teacher: Wav2Vec2Model, student: Wav2Vec2Model, layers: List[int],
