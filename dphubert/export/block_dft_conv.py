@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .onnx_shapes import reshape, reshape_leading
+
 
 def _dft_angles(rows: int, cols: int, size: int) -> Tensor:
     """``2 pi r c / size`` for r < rows, c < cols (float64)."""
@@ -59,15 +61,15 @@ class BlockDFTConv(nn.Module):
         self.register_buffer("bias", bias.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, frames, channels = x.shape[0], x.shape[1], x.shape[2]
+        frames, channels = x.shape[1], self.groups * self.per_group
         block, bins, groups, per_group = self.block, self.bins, self.groups, self.per_group
         count = (frames + block - 1) // block
         # (zeros and cat rather than F.pad: a pad of traced size exports with a reversed, step -1 Slice, which the
         # exporter's constant folding warns about)
         tail = torch.zeros_like(x[:, :1]).expand(-1, count * block - frames, -1)
-        blocks = torch.cat([x, tail], dim=1).reshape(batch, -1, block, channels)
+        blocks = reshape(torch.cat([x, tail], dim=1), 0, -1, block, channels)
         spectrum = torch.matmul(self.forward_dft, blocks)  # (B, blocks, 2 bins, D): real rows, then imaginary
-        rows = spectrum.reshape(batch, -1, 2, bins, groups, per_group).permute(3, 4, 2, 0, 1, 5)
+        rows = reshape(spectrum, 0, -1, 2, bins, groups, per_group).permute(3, 4, 2, 0, 1, 5)
         rows = rows.reshape(bins, groups, -1, per_group)  # (bins, G, [real; imaginary] x B x blocks, Cg)
         kernel_spectrum = torch.einsum("giok,kf->fgio", self.kernel, self.kernel_dft)  # folded at load
         by_real = torch.matmul(rows, kernel_spectrum[:bins])  # [Xr Hr; Xi Hr]
@@ -75,10 +77,10 @@ class BlockDFTConv(nn.Module):
         half = by_real.shape[2] // 2
         real = by_real[:, :, :half] - by_imaginary[:, :, half:]
         imaginary = by_imaginary[:, :, :half] + by_real[:, :, half:]
-        out_spectrum = torch.stack([real, imaginary]).reshape(2, bins, groups, batch, -1, per_group)
-        out_spectrum = out_spectrum.permute(3, 4, 0, 1, 2, 5).reshape(batch, -1, 2 * bins, channels)
+        out_spectrum = torch.stack([real, imaginary]).permute(3, 0, 1, 2, 4)  # (B x blocks, 2, bins, G, Cg)
+        out_spectrum = reshape_leading(out_spectrum, blocks, 2, 2 * bins, channels)  # (B, blocks, 2 bins, D)
         out = torch.matmul(self.inverse_dft, out_spectrum)  # (B, blocks, 2L, D)
         # Overlap-add: block b's output covers frames bL .. bL + 2L - 1.
         none = torch.zeros_like(out[:, :1, :block])
         full = torch.cat([out[:, :, :block], none], dim=1) + torch.cat([none, out[:, :, block:]], dim=1)
-        return full.reshape(batch, -1, channels)[:, self.shift: self.shift + frames] + self.bias
+        return reshape(full, 0, -1, channels)[:, self.shift: self.shift + frames] + self.bias

@@ -30,19 +30,20 @@ from dphubert.models import Wav2Vec2Model
 from dphubert.models import components as C
 
 from .block_dft_conv import BlockDFTConv
+from .onnx_shapes import reshape
 from .quantized_conv import INT8_ROWS_PER_SCALE, QuantizedConv
 
 
-def im2col_columns(x: Tensor, kernel: int, stride: int) -> List[Tensor]:
+def im2col_columns(x: Tensor, kernel: int, stride: int, channels: int) -> List[Tensor]:
     """``(B, T, C)`` -> the pieces of ``im2col`` (``(B, T', n * C)`` each), to concatenate with more columns.
+    ``channels``: C, a constant (not the traced size).
 
     With ``kernel = q * stride + r``, output frame t reads stride-long chunks t .. t + q - 1 (one reshape of the
     input gives every chunk) and, for r > 0, r more frames (strided slices).
     """
-    batch, channels = x.shape[0], x.shape[2]
     q, r = divmod(kernel, stride)
     count = x[:, kernel - 1:: stride].shape[1]  # the last tap's strided slice has exactly the output frames
-    chunks = x[:, : (count + q - 1) * stride].reshape(batch, -1, stride * channels)
+    chunks = reshape(x[:, : (count + q - 1) * stride], 0, -1, stride * channels)
     columns = [chunks] if q == 1 else [chunks[:, i: i + count] for i in range(q)]  # (each slice is a copy in ONNX)
     return columns + [x[:, q * stride + j: q * stride + j + (count - 1) * stride + 1: stride] for j in range(r)]
 
@@ -119,12 +120,20 @@ class TraceableEncoder(nn.Module):
         return (x - mean) * torch.rsqrt(var + 1e-5) * valid
 
     @staticmethod
-    def _conv_block(block: C.ConvLayerBlock, x: Tensor, lengths: Tensor):
+    def _output_lengths(lengths: Tensor, kernel: int, stride: int) -> Tensor:
+        """``ConvLayerBlock.output_lengths``, floor((L - kernel) / stride) + 1 and at least 0, as three ONNX nodes:
+        written as (L - kernel + stride) / stride with the dividend clamped at 0, where ONNX's truncating integer
+        ``Div`` is a floor (the exporter writes ten nodes for a floor division). A chain of convs is one such
+        step: ``kernel`` its receptive field, ``stride`` its strides' product (floor(floor(a / s) / t) =
+        floor(a / (s t)))."""
+        return torch.div((lengths + (stride - kernel)).clamp(min=0), stride, rounding_mode="trunc")
+
+    def _conv_block(self, block: C.ConvLayerBlock, x: Tensor, lengths: Tensor):
         """A block without group norm, channels-major (the group-norm block is ``_first_block_group_norm``)."""
         x = F.conv1d(x, block.conv.weight, block.conv.bias, stride=block.stride)
         if block.norm == "layer":
             x = block.layer_norm(x.transpose(1, 2)).transpose(1, 2)
-        return F.gelu(x), block.output_lengths(lengths)
+        return F.gelu(x), self._output_lengths(lengths, block.kernel_size, block.stride)
 
     def _first_block_group_norm(self, block: C.ConvLayerBlock, waveforms: Tensor, lengths: Tensor,
                                 channels_first: bool):
@@ -148,9 +157,9 @@ class TraceableEncoder(nn.Module):
         kernel = block.kernel_size
         valid_samples = self._valid(lengths, waveforms.shape[1], waveforms.dtype)
         offset = (waveforms * valid_samples).sum(1, keepdim=True) / lengths.clamp(min=1).to(waveforms.dtype)[:, None]
-        columns = im2col_columns((waveforms - offset).unsqueeze(2), kernel, block.stride)
+        columns = im2col_columns((waveforms - offset).unsqueeze(2), kernel, block.stride, 1)
         windows = torch.cat(columns + [torch.ones_like(columns[0][..., :1])], dim=2)  # (B, T, kernel + 1)
-        lengths = block.output_lengths(lengths)
+        lengths = self._output_lengths(lengths, kernel, block.stride)
         count = lengths.clamp(min=1).to(windows.dtype)[:, None, None]
         weights = self._valid(lengths, windows.shape[1], windows.dtype).unsqueeze(1) / count  # (B, 1, T)
         windows_t = windows.transpose(1, 2)  # (B, kernel + 1, T): the weights broadcast along its rows
@@ -175,26 +184,41 @@ class TraceableEncoder(nn.Module):
         multiple = INT8_ROWS_PER_SCALE * math.prod(conv.stride for conv in self.quantized_convs)
         return F.pad(waveforms, (0, (multiple - frames % multiple) % multiple * first.stride))
 
+    @staticmethod
+    def _receptive_field(blocks: Sequence[C.ConvLayerBlock]):
+        """Receptive field (in input frames) and stride product of consecutive conv blocks."""
+        field, stride = 1, 1
+        for block in blocks:
+            field, stride = field + (block.kernel_size - 1) * stride, stride * block.stride
+        return field, stride
+
     def _cnn(self, waveforms: Tensor, lengths: Tensor):
         """``(B, S) -> (B, T, C)`` features for the projection, and the valid frames."""
         blocks = self.model.feature_extractor.conv_layers
         int8 = len(self.quantized_convs)
-        frames = (waveforms.shape[1] - blocks[0].kernel_size) // blocks[0].stride + 1  # without _pad_for_chunks
-        if int8:
-            waveforms = self._pad_for_chunks(waveforms, frames)
+        if int8:  # (sizes from the traced shape, whose arithmetic the exporter writes as ops; its integer
+            # division truncates, a floor here: the dividends are >= 0 for an input of one frame or more)
+            samples = waveforms.shape[1]  # before _pad_for_chunks
+            field, stride = self._receptive_field(blocks[:1])
+            waveforms = self._pad_for_chunks(waveforms, (samples - field + stride) // stride)
         if blocks[0].norm == "group":
             x, lengths = self._first_block_group_norm(blocks[0], waveforms, lengths, channels_first=int8 == 0)
         else:
             x, lengths = self._conv_block(blocks[0], waveforms.unsqueeze(1), lengths)
             x = x.transpose(1, 2) if int8 else x
+        valid = self._valid(lengths, x.shape[1], x.dtype) if int8 else None
         for block, conv in zip(blocks[1:], self.quantized_convs):  # frames-major int8 convs
-            x = conv(x, self._valid(lengths, x.shape[1], x.dtype))
-            lengths = block.output_lengths(lengths)
-            frames = (frames - block.kernel_size) // block.stride + 1
+            x = conv(x, valid)
+            # Output frame t is valid when its last input frame t * stride + kernel - 1 is; the conv's extra row
+            # (its output has frames / stride rows, one past the last full window when kernel > stride) is not.
+            valid = F.pad(valid[:, block.kernel_size - 1:: block.stride], (0, int(block.kernel_size > block.stride)))
             if block.norm == "layer":
                 x = block.layer_norm(x)
             x = F.gelu(x)  # (group norm comes only in the first block: _build_feature_extractor)
-        x = x[:, :frames].transpose(1, 2) if int8 else x  # (the chunks' extra frames dropped)
+        if int8:  # the chunks' extra frames dropped; the int8 blocks' lengths in one step
+            field, stride = self._receptive_field(blocks[: 1 + int8])
+            x = x[:, : (samples - field + stride) // stride].transpose(1, 2)
+            lengths = self._output_lengths(lengths, *self._receptive_field(blocks[1: 1 + int8]))
         for block in blocks[1 + int8:]:  # channels-major fp32 convs
             x, lengths = self._conv_block(block, x, lengths)
         return x.transpose(1, 2), lengths
@@ -205,20 +229,20 @@ class TraceableEncoder(nn.Module):
         if attn.num_heads == 0:
             return attn.out_proj.bias.expand_as(x)
         heads, head_dim = attn.num_heads, attn.head_dim
-        q = attn.q_proj(x).reshape(x.shape[0], -1, heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(x).reshape(x.shape[0], -1, heads, head_dim).transpose(1, 2)
-        v = attn.v_proj(x).reshape(x.shape[0], -1, heads, head_dim).transpose(1, 2)
+        q = reshape(attn.q_proj(x), 0, -1, heads, head_dim).transpose(1, 2)
+        k = reshape(attn.k_proj(x), 0, -1, heads, head_dim).transpose(1, 2)
+        v = reshape(attn.v_proj(x), 0, -1, heads, head_dim).transpose(1, 2)
         logits = torch.matmul(q * (1.0 / math.sqrt(head_dim)), k.transpose(2, 3)) + bias
         out = torch.matmul(torch.softmax(logits, dim=-1), v)
-        return attn.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], heads * head_dim))
+        return attn.out_proj(reshape(out.transpose(1, 2), 0, -1, heads * head_dim))
 
     @staticmethod
     def _wavlm_bias(attn: C.WavLMSelfAttention, x: Tensor, position_bias: Tensor, padding_bias: Tensor) -> Tensor:
         heads = attn.remaining_heads
-        per_head = x.reshape(x.shape[0], x.shape[1], attn.total_num_heads, attn.head_dim)[:, :, heads]
+        per_head = reshape(x, 0, -1, attn.total_num_heads, attn.head_dim)[:, :, heads]
         per_head = per_head.transpose(1, 2)
         gate = attn.gru_rel_pos_linear(per_head)
-        gate = torch.sigmoid(gate.reshape(x.shape[0], len(heads), x.shape[1], 2, 4).sum(-1))
+        gate = torch.sigmoid(reshape(gate, 0, 0, -1, 2, 4).sum(-1))
         gate_a, gate_b = gate[..., :1], gate[..., 1:]
         gate = gate_a * (gate_b * attn.gru_rel_pos_const[:, heads] - 1.0) + 2.0
         return gate * position_bias[heads][None] + padding_bias

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .onnx_shapes import reshape, reshape_leading
+
 WEIGHT_QMAX = 63  # 7-bit signed weights: [-64, 63]
 
 
@@ -83,7 +85,7 @@ class QuantizedConv(torch.nn.Module):
     ``forward(x (B, T, C_in) float frames-major, valid (B, T): 1.0, 0.0 on padding) -> (B, T / stride, C_out)``
     for T a multiple of ``span`` (``rows * stride``): chunk j's output rows read its ``span`` input frames and
     the first ``kernel - stride`` of the next chunk (its halo), which are quantised once more with chunk j's
-    scale. Output rows past ``(T - kernel) // stride + 1`` read the clamped ends: the caller drops them.
+    scale. Output rows past ``(T - kernel) // stride + 1`` read zeros past the end: the caller drops them.
     """
 
     def __init__(self, conv: torch.nn.Conv1d, rows: int):
@@ -93,6 +95,10 @@ class QuantizedConv(torch.nn.Module):
         if not self.supports(self.kernel, self.stride):
             raise ValueError(f"kernel {self.kernel}, stride {self.stride}: needs stride <= kernel <= 2 * stride")
         self.span = rows * self.stride
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        # Rows 1 .. rows - 1 read the first kernel - stride frames of the next row, within the chunk.
+        inside = (torch.arange(1, rows)[:, None] * self.stride + torch.arange(self.halo)).reshape(-1)
+        self.register_buffer("inside_frames", inside, persistent=False)
         weight, scale = quantize_weight(conv.weight)
         # Persistent buffers: the exporter writes them as initializers (non-persistent ones become Constant nodes).
         self.register_buffer("weight", weight)
@@ -111,36 +117,34 @@ class QuantizedConv(torch.nn.Module):
     def _chunk_scales(self, x: Tensor, valid: Tensor):
         """Per chunk (B, chunks): the scale and zero point of the range [GELU_MIN, max over its frames and halo];
         padding frames are left out, so an item's scales do not depend on the batch it is in."""
-        batch = x.shape[0]
-        high = (x.amax(dim=2) * valid).reshape(batch, -1, self.span)
+        high = reshape(x.amax(dim=2) * valid, 0, -1, self.span)  # (B, chunks, span): each frame's max
         chunk_high = high.amax(dim=2)
-        if self.halo:
+        if self.halo:  # the next chunk's first frames (none after the last chunk)
             chunk_high = torch.maximum(chunk_high, F.pad(high[:, :, : self.halo][:, 1:].amax(dim=2), (0, 1)))
         scale = (chunk_high.clamp(min=0.0) - GELU_MIN) / 255.0
-        zero_point = torch.round(-GELU_MIN / scale).clamp(0, 255)
+        zero_point = torch.round(-GELU_MIN / scale)  # within [0, 255], as scale >= -GELU_MIN / 255
         return scale, zero_point
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
-        batch, frames, channels = x.shape
-        chunks = frames // self.span
+        span, rows, stride, halo, channels = self.span, self.rows, self.stride, self.halo, self.in_channels
         scale, zero_point = self._chunk_scales(x, valid)
-        flat_scale, flat_zero = scale.reshape(-1), zero_point.reshape(-1).to(torch.uint8)
-        q = QuantizeLinear.apply(x.reshape(-1, self.span * channels), flat_scale, flat_zero)
-        q = q.reshape(batch, chunks, self.rows, self.stride * channels)  # row r: frames r*stride .. + stride - 1
-        columns = q
-        if self.halo:  # each row's last kernel - stride frames: the next row's first ones; the last row's: the halo
-            # (Gathers of the frames needed, not Slices: the exporter writes one copying Slice per sliced dim)
-            steps = torch.arange(self.halo, device=x.device)
-            halo = ((torch.arange(chunks, device=x.device) + 1) * self.span)[:, None] + steps  # next chunk's first
-            halo = x.index_select(1, halo.reshape(-1).clamp(max=frames - 1))  # (the last chunk's: past the end)
-            halo = QuantizeLinear.apply(halo.reshape(-1, self.halo * channels), flat_scale, flat_zero)
-            inside = ((torch.arange(1, self.rows, device=x.device) * self.stride)[:, None] + steps).reshape(-1)
-            inside = q.reshape(batch, chunks, self.span, channels).index_select(2, inside)
-            tail = torch.cat([inside.reshape(batch, chunks, self.rows - 1, self.halo * channels),
-                              halo.reshape(batch, chunks, 1, self.halo * channels)], dim=2)
+        flat_scale, flat_zero = reshape(scale, -1), reshape(zero_point, -1).to(torch.uint8)
+        q = QuantizeLinear.apply(reshape(x, -1, span * channels), flat_scale, flat_zero)
+        q = reshape_leading(q, scale, 2, rows, stride * channels)  # (B, chunks, rows, stride * C): row r reads
+        columns = q  # frames r * stride .. r * stride + stride - 1 of its chunk
+        if halo:  # each row's last kernel - stride frames: the next row's first ones; the last row's: the halo
+            # The next chunk's first frames, quantised once more with this chunk's scale; zeros after the last
+            # chunk (the rows reading them are past the conv's output, and the caller drops them). Sliced to the
+            # halo first: the exporter writes a copying Slice per dim.
+            following = F.pad(reshape(x, 0, -1, span, channels)[:, :, :halo][:, 1:], (0, 0, 0, 0, 0, 1))
+            following = QuantizeLinear.apply(reshape(following, -1, halo * channels), flat_scale, flat_zero)
+            tail = reshape_leading(following, scale, 2, 1, halo * channels)
+            if rows > 1:
+                inside = reshape(q, 0, -1, span, channels).index_select(2, self.inside_frames)
+                tail = torch.cat([reshape(inside, 0, -1, rows - 1, halo * channels), tail], dim=2)
             columns = torch.cat([q, tail], dim=3)  # (B, chunks, rows, kernel * C): im2col, offset-major
         y = MatMulIntegerToFloat.apply(columns, self.weight, self.unit_scale, self.weight_scale, self.zero,
                                        self.weight_zero_point)
         # x = scale * (q - zero_point): the product is scale * (q W) - scale * zero_point * sum(W) per chunk.
-        shift = self.bias - (scale * zero_point)[..., None, None] * self.column_sums
-        return (y * scale[..., None, None] + shift).reshape(batch, chunks * self.rows, -1)
+        shift = self.bias - reshape(scale * zero_point, 0, -1, 1, 1) * self.column_sums
+        return reshape(y * reshape(scale, 0, -1, 1, 1) + shift, 0, -1, self.out_channels)
