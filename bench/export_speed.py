@@ -7,8 +7,8 @@ For two models, (a) the demo's final model (``--demo-model``; without one, the d
 egs/demo/conf/pretrain_hubert.yaml, 4 x 256 with a 128-channel CNN, pruned at random to ~0.75 sparsity) and
 (b) a HuBERT-Base-shaped model pruned at random to ~0.75 sparsity (CNN channels, heads, FFN units; random
 weights, which time like trained ones): latency of one 10 s utterance, and throughput (seconds of audio per
-second) for a padded batch of ``--batch`` utterances of 6-10 s. All hidden states are computed and returned in
-every case. The three engines are timed interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them
+second) for a padded batch of ``--batch`` utterances of 6-10 s, and for the same utterances one call each (no
+padding; smaller tensors). All hidden states are computed and returned in every case. The three engines are timed interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them
 alike; the ratios against PyTorch fp32 are the result, the absolute times depend on the load (printed).
 The int8 model's drift (relative L2 error of the last hidden state vs PyTorch, on the export's synthetic check
 input with speech's level changes, ``check_waveforms``) is printed beside its speed; one int8 engine per
@@ -127,17 +127,24 @@ def bench_model(name, model, args, workdir):
         torch.set_num_threads(threads)
         engines = {"PyTorch fp32": None, "onnxruntime fp32": OnnxEncoder(fp32, threads=threads)}
         engines.update({f"ort int8, {convs} CNN": OnnxEncoder(path, threads=threads) for convs, path in int8.items()})
-        for label, (x, n) in {"latency, 1 x 10 s": (one, torch.tensor([160000])),
-                              f"throughput, {args.batch} x 6-10 s": (batch, lengths)}.items():
-            x_np, n_np = x.numpy(), n.numpy()
+        cases = {"latency, 1 x 10 s": [(one, torch.tensor([160000]))],
+                 f"throughput, {args.batch} x 6-10 s": [(batch, lengths)],
+                 "  same, item by item": [(batch[i:i + 1, : int(n)], lengths[i:i + 1]) for i, n in enumerate(lengths)]}
+        for label, calls in cases.items():
+            calls_np = [(x.numpy(), n.numpy()) for x, n in calls]
 
             def run_torch():
                 with torch.inference_mode():
-                    model.extract_features(x, n)
+                    for x, n in calls:
+                        model.extract_features(x, n)
 
-            fns = [run_torch] + [lambda e=e: e(x_np, n_np) for e in list(engines.values())[1:]]
+            def run_onnx(engine):
+                for x, n in calls_np:
+                    engine(x, n)
+
+            fns = [run_torch] + [lambda e=e: run_onnx(e) for e in list(engines.values())[1:]]
             times = interleaved(fns, args.repeats, pause=0.2)  # engines each alone on the cores
-            audio = float(n.sum()) / 16000
+            audio = sum(float(n.sum()) for _, n in calls) / 16000
             for engine, t in zip(engines, times):
                 rows.append((threads, label, engine, t, audio / t, times[0] / t))
                 print(f"  {threads:>7} {label:<24} {engine:<20} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x",
