@@ -225,6 +225,29 @@ def test_exported_reshapes_take_no_shape_arithmetic(tmp_path, model_type, large)
         reshape(torch.zeros(2, 3), 0, 3)  # (torch's exporter asserts on such a target)
 
 
+def test_int8_convs_get_each_items_valid_frames():
+    """The int8 convs' masks (each a strided slice of the one before, in the graph) mark exactly the frames that
+    ``output_lengths`` gives each item of a padded batch, at every conv; a wrong mask would let padding set
+    activation scales."""
+    from dphubert.export.graph import TraceableEncoder
+
+    model = pruned_model("hubert", False)
+    blocks = model.feature_extractor.conv_layers
+    encoder = TraceableEncoder(model, int8_cnn_convs=len(blocks) - 1)
+    seen = []
+    for conv in encoder.quantized_convs:
+        conv.register_forward_hook(lambda module, inputs, output: seen.append(inputs[1].clone()))
+    lengths = torch.tensor([12001, 400, 7040, 9999])  # (400: one frame; 7040: a multiple of every stride)
+    with torch.no_grad():
+        encoder(torch.randn(4, 12001), lengths)
+    assert len(seen) == len(blocks) - 1
+    frames = blocks[0].output_lengths(lengths)
+    for block, valid in zip(blocks[1:], seen):
+        expected = (torch.arange(valid.shape[1])[None, :] < frames[:, None]).float()
+        assert torch.equal(valid, expected), block
+        frames = block.output_lengths(frames)
+
+
 @pytest.mark.parametrize("kernel,stride", [(3, 2), (2, 2), (4, 2), (5, 3)])
 def test_quantized_conv_scales_each_chunk_and_ignores_padding(tmp_path, kernel, stride):
     """The int8 conv (PyTorch arithmetic of the exported ops) against conv1d on a GELU input whose level drops

@@ -4,7 +4,9 @@
 dynamic length; ``if`` on ``lengths`` that picks the unpadded fast paths; a Python loop over items for waveform
 normalisation). ``TraceableEncoder`` computes the same states with one path for every input:
 
-- every mask comes from ``lengths`` arithmetically (an ``arange`` compared with the lengths, never ``.tolist()``);
+- every mask comes from ``lengths`` arithmetically (an ``arange`` compared with the lengths, never ``.tolist()``;
+  an int8 conv's output mask is a strided slice of its input's), and reshapes take constant targets
+  (``onnx_shapes``: no shape arithmetic per reshape);
 - the first conv and its group norm are one matrix product over the conv's input windows, frames-major
   (``_first_block_group_norm``: the norm's statistics follow from the windows' mean and covariance, so no pass
   over the CNN's largest tensor is spent on them); with ``int8_cnn_convs`` (the int8 file) that many convs after
