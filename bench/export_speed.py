@@ -8,8 +8,9 @@ egs/demo/conf/pretrain_hubert.yaml, 4 x 256 with a 128-channel CNN, pruned at ra
 (b) a HuBERT-Base-shaped model pruned at random to ~0.75 sparsity (CNN channels, heads, FFN units; random
 weights, which time like trained ones): latency of one 10 s utterance, and throughput (seconds of audio per
 second) for a padded batch of ``--batch`` utterances of 6-10 s, and for the same utterances one call each (no
-padding; smaller tensors). All hidden states are computed and returned in every case. The three engines are timed interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them
-alike; the ratios against PyTorch fp32 are the result, the absolute times depend on the load (printed).
+padding; smaller tensors). All hidden states are computed and returned in every case. The three engines are timed
+interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them alike; the ratios against PyTorch fp32 are
+the result, the absolute times depend on the load (printed).
 The int8 model's drift (relative L2 error of the last hidden state vs PyTorch, on the export's synthetic check
 input with speech's level changes, ``check_waveforms``) is printed beside its speed; one int8 engine per
 ``--int8-cnn-convs`` value (CNN convs after the first run in int8; default the export's).

@@ -237,7 +237,8 @@ def test_int8_convs_get_each_items_valid_frames():
     seen = []
     for conv in encoder.quantized_convs:
         conv.register_forward_hook(lambda module, inputs, output: seen.append(inputs[1].clone()))
-    lengths = torch.tensor([12001, 400, 7040, 9999])  # (400: one frame; 7040: a multiple of every stride)
+    # 60 samples: the CNN's receptive field, one output frame; 59: none; 7040: a multiple of every stride
+    lengths = torch.tensor([12001, 60, 59, 7040])
     with torch.no_grad():
         encoder(torch.randn(4, 12001), lengths)
     assert len(seen) == len(blocks) - 1
