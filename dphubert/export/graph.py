@@ -122,20 +122,12 @@ class TraceableEncoder(nn.Module):
         return (x - mean) * torch.rsqrt(var + 1e-5) * valid
 
     @staticmethod
-    def _output_lengths(lengths: Tensor, kernel: int, stride: int) -> Tensor:
-        """``ConvLayerBlock.output_lengths``, floor((L - kernel) / stride) + 1 and at least 0, as three ONNX nodes:
-        written as (L - kernel + stride) / stride with the dividend clamped at 0, where ONNX's truncating integer
-        ``Div`` is a floor (the exporter writes ten nodes for a floor division). A chain of convs is one such
-        step: ``kernel`` its receptive field, ``stride`` its strides' product (floor(floor(a / s) / t) =
-        floor(a / (s t)))."""
-        return torch.div((lengths + (stride - kernel)).clamp(min=0), stride, rounding_mode="trunc")
-
-    def _conv_block(self, block: C.ConvLayerBlock, x: Tensor, lengths: Tensor):
+    def _conv_block(block: C.ConvLayerBlock, x: Tensor, lengths: Tensor):
         """A block without group norm, channels-major (the group-norm block is ``_first_block_group_norm``)."""
         x = F.conv1d(x, block.conv.weight, block.conv.bias, stride=block.stride)
         if block.norm == "layer":
             x = block.layer_norm(x.transpose(1, 2)).transpose(1, 2)
-        return F.gelu(x), self._output_lengths(lengths, block.kernel_size, block.stride)
+        return F.gelu(x), block.output_lengths(lengths)
 
     def _first_block_group_norm(self, block: C.ConvLayerBlock, waveforms: Tensor, lengths: Tensor,
                                 channels_first: bool):
@@ -161,7 +153,7 @@ class TraceableEncoder(nn.Module):
         offset = (waveforms * valid_samples).sum(1, keepdim=True) / lengths.clamp(min=1).to(waveforms.dtype)[:, None]
         columns = im2col_columns((waveforms - offset).unsqueeze(2), kernel, block.stride, 1)
         windows = torch.cat(columns + [torch.ones_like(columns[0][..., :1])], dim=2)  # (B, T, kernel + 1)
-        lengths = self._output_lengths(lengths, kernel, block.stride)
+        lengths = block.output_lengths(lengths)
         count = lengths.clamp(min=1).to(windows.dtype)[:, None, None]
         weights = self._valid(lengths, windows.shape[1], windows.dtype).unsqueeze(1) / count  # (B, 1, T)
         windows_t = windows.transpose(1, 2)  # (B, kernel + 1, T): the weights broadcast along its rows
@@ -188,7 +180,8 @@ class TraceableEncoder(nn.Module):
 
     @staticmethod
     def _receptive_field(blocks: Sequence[C.ConvLayerBlock]):
-        """Receptive field (in input frames) and stride product of consecutive conv blocks."""
+        """Receptive field (in input frames) and stride product of consecutive conv blocks: the chain's lengths
+        are one ``conv_output_lengths`` step (floor(floor(a / s) / t) = floor(a / (s t)))."""
         field, stride = 1, 1
         for block in blocks:
             field, stride = field + (block.kernel_size - 1) * stride, stride * block.stride
@@ -220,7 +213,7 @@ class TraceableEncoder(nn.Module):
         if int8:  # the chunks' extra frames dropped; the int8 blocks' lengths in one step
             field, stride = self._receptive_field(blocks[: 1 + int8])
             x = x[:, : (samples - field + stride) // stride].transpose(1, 2)
-            lengths = self._output_lengths(lengths, *self._receptive_field(blocks[1: 1 + int8]))
+            lengths = C.conv_output_lengths(lengths, *self._receptive_field(blocks[1: 1 + int8]))
         for block in blocks[1 + int8:]:  # channels-major fp32 convs
             x, lengths = self._conv_block(block, x, lengths)
         return x.transpose(1, 2), lengths

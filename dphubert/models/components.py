@@ -27,6 +27,13 @@ def lengths_to_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
 
 
+def conv_output_lengths(lengths: Tensor, kernel: int, stride: int) -> Tensor:
+    """Frames a conv (or a chain of convs: ``kernel`` its receptive field, ``stride`` its strides' product) gives
+    ``lengths`` samples: floor((L - kernel) / stride) + 1, at least 0. Written as a truncating division of a
+    dividend clamped at 0 (a floor there), which the ONNX exporter writes as three nodes instead of ten."""
+    return torch.div((lengths + (stride - kernel)).clamp(min=0), stride, rounding_mode="trunc")
+
+
 def _linear(in_features: int, out_features: int) -> nn.Linear:
     """``nn.Linear`` that also allows a zero-size side (a pruned block keeping only its bias) without a warning."""
     if in_features and out_features:
@@ -60,7 +67,7 @@ class ConvLayerBlock(nn.Module):
         self.hard_concrete = HardConcrete(out_channels, init_mean=0.01) if prune_channels else None
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
-        return torch.div(lengths - self.kernel_size, self.stride, rounding_mode="floor").add(1).clamp(min=0)
+        return conv_output_lengths(lengths, self.kernel_size, self.stride)
 
     def _conv(self, x: Tensor) -> Tensor:
         if self.conv.in_channels == 1:
