@@ -1,16 +1,19 @@
 """CPU speed of the deployed encoder: PyTorch fp32 vs onnxruntime fp32 vs onnxruntime int8, ratios in one run.
 
     python bench/export_speed.py [--threads 1 2] [--repeats 5] [--batch 4] [--demo-model exp/<tag>/final/model.pt] \
-        [--int8-cnn-convs 0 3 6] [--profile]
+        [--int8-cnn-convs 0 3 6] [--workers 2] [--profile]
 
 For two models, (a) the demo's final model (``--demo-model``; without one, the demo teacher's shape from
 egs/demo/conf/pretrain_hubert.yaml, 4 x 256 with a 128-channel CNN, pruned at random to ~0.75 sparsity) and
 (b) a HuBERT-Base-shaped model pruned at random to ~0.75 sparsity (CNN channels, heads, FFN units; random
 weights, which time like trained ones): latency of one 10 s utterance, and throughput (seconds of audio per
 second) for a padded batch of ``--batch`` utterances of 6-10 s, and for the same utterances one call each (no
-padding; smaller tensors). All hidden states are computed and returned in every case. The three engines are timed
-interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them alike; the ratios against PyTorch fp32 are
-the result, the absolute times depend on the load (printed).
+padding; smaller tensors). ``--workers N``: the same utterances also shared round-robin by N workers (threads,
+one engine each, 1 intra-op thread), the way a server runs one request per core; printed beside how much N
+workers of a compute-bound product (a 512 x 512 fp32 matmul) gain over one, which tells the cores' shared caches
+and memory bandwidth apart from the engines' own scaling. All hidden states are computed and returned in every
+case. The three engines are timed interleaved (A, B, C, A, B, C, ...; medians), so machine load hits them alike;
+the ratios against PyTorch fp32 are the result, the absolute times depend on the load (printed).
 The int8 model's drift (relative L2 error of the last hidden state vs PyTorch, on the export's synthetic check
 input with speech's level changes, ``check_waveforms``) is printed beside its speed; one int8 engine per
 ``--int8-cnn-convs`` value (CNN convs after the first run in int8; default the export's).
@@ -29,6 +32,8 @@ import json
 import os
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +155,65 @@ def bench_model(name, model, args, workdir):
                 rows.append((threads, label, engine, t, audio / t, times[0] / t))
                 print(f"  {threads:>7} {label:<24} {engine:<20} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x",
                       flush=True)
+    if args.workers > 1:
+        rows += bench_workers(model, fp32, int8, batch, lengths, args)
     return rows
+
+
+def bench_workers(model, fp32, int8, batch, lengths, args):
+    """The batch's utterances shared round-robin by ``args.workers`` threads, one engine with 1 thread each."""
+    workers = args.workers
+    torch.set_num_threads(1)  # PyTorch's intra-op pool; each worker thread runs its own ops
+    items = [(batch[i:i + 1, : int(n)], lengths[i:i + 1]) for i, n in enumerate(lengths)]
+    shares = [items[w::workers] for w in range(workers)]
+    pool = ThreadPoolExecutor(workers)
+
+    def run_torch(share):
+        with torch.inference_mode():
+            for x, n in share:
+                model.extract_features(x, n)
+
+    def run_onnx(engine, share):
+        for x, n in share:
+            engine(x.numpy(), n.numpy())
+
+    def in_parallel(jobs):
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+
+    engines = {"PyTorch fp32": [lambda s=s: run_torch(s) for s in shares]}
+    for name, path in {"onnxruntime fp32": fp32, **{f"ort int8, {c} CNN": p for c, p in int8.items()}}.items():
+        engines[name] = [lambda s=s, e=OnnxEncoder(path, threads=1): run_onnx(e, s) for s in shares]
+    times = interleaved([lambda jobs=jobs: in_parallel(jobs) for jobs in engines.values()], args.repeats, pause=0.2)
+    audio = float(lengths.sum()) / 16000
+    label = f"  same, {workers} workers x 1"
+    rows = []
+    for engine, t in zip(engines, times):
+        rows.append((1, label, engine, t, audio / t, times[0] / t))
+        print(f"  {1:>7} {label:<24} {engine:<20} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x", flush=True)
+    print(f"  {workers} workers of a compute-bound product (512 x 512 fp32 matmul, 1 thread each) run "
+          f"x{compute_bound_scaling(workers, pool):.2f} the throughput of one; compare each engine's {workers}-worker "
+          "row with its 1-thread item-by-item row")
+    pool.shutdown()
+    return rows
+
+
+def compute_bound_scaling(workers: int, pool, calls: int = 100) -> float:
+    """Throughput of ``workers`` threads multiplying small (cache-resident) matrices over that of one thread."""
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+
+    def job():
+        for _ in range(calls):
+            torch.mm(a, b)
+
+    job()
+    start = time.perf_counter()
+    job()
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    for future in [pool.submit(job) for _ in range(workers)]:
+        future.result()
+    return workers * alone / (time.perf_counter() - start)
 
 
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 30), "MALLOC_TRIM_THRESHOLD_": str(2 ** 30)}
@@ -172,6 +235,8 @@ def main():
     parser.add_argument("--demo-model", default=None, help="a trained demo final model (default: random pruning)")
     parser.add_argument("--skip-base", action="store_true", help="only the demo-shaped model")
     parser.add_argument("--profile", action="store_true", help="print onnxruntime's time per op type (1 thread)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also share the batch's utterances among N workers with 1 thread each (e.g. 2)")
     parser.add_argument("--int8-cnn-convs", type=int, nargs="+", default=[DEFAULT_INT8_CNN_CONVS],
                         help="int8 files to time: CNN convs after the first in int8 (the export's option)")
     parser.add_argument("--default-malloc", action="store_true",
