@@ -155,7 +155,7 @@ def bench_model(name, model, args, workdir):
                 rows.append((threads, label, engine, t, audio / t, times[0] / t))
                 print(f"  {threads:>7} {label:<24} {engine:<20} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x",
                       flush=True)
-    if args.workers > 1:
+    if args.workers:
         rows += bench_workers(model, fp32, int8, batch, lengths, args)
     return rows
 
@@ -242,6 +242,8 @@ def main():
     parser.add_argument("--default-malloc", action="store_true",
                         help="time PyTorch with glibc's default malloc (it re-faults its large buffers every call)")
     args = parser.parse_args()
+    if args.workers == 1 or args.workers < 0:
+        parser.error("--workers: give 2 or more (one worker is the 1-thread 'item by item' row)")
     if not args.default_malloc:
         reexec_with_malloc_settings()
     import onnxruntime
