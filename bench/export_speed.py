@@ -129,68 +129,61 @@ def bench_model(name, model, args, workdir):
             profile_ops(path, one.numpy(), np.array([160000]))
     print(f"  {'threads':>7} {'case':<24} {'engine':<20} {'median s':>9} {'audio s/s':>10} {'vs PyTorch':>11}")
     rows = []
+    items = [(batch[i:i + 1, : int(n)], lengths[i:i + 1]) for i, n in enumerate(lengths)]
     for threads in args.threads:
         torch.set_num_threads(threads)
         engines = {"PyTorch fp32": None, "onnxruntime fp32": OnnxEncoder(fp32, threads=threads)}
         engines.update({f"ort int8, {convs} CNN": OnnxEncoder(path, threads=threads) for convs, path in int8.items()})
         cases = {"latency, 1 x 10 s": [(one, torch.tensor([160000]))],
                  f"throughput, {args.batch} x 6-10 s": [(batch, lengths)],
-                 "  same, item by item": [(batch[i:i + 1, : int(n)], lengths[i:i + 1]) for i, n in enumerate(lengths)]}
+                 "  same, item by item": items}
         for label, calls in cases.items():
-            calls_np = [(x.numpy(), n.numpy()) for x, n in calls]
-
-            def run_torch():
-                with torch.inference_mode():
-                    for x, n in calls:
-                        model.extract_features(x, n)
-
-            def run_onnx(engine):
-                for x, n in calls_np:
-                    engine(x, n)
-
-            fns = [run_torch] + [lambda e=e: run_onnx(e) for e in list(engines.values())[1:]]
+            fns = [lambda: run_torch(model, calls)] + [lambda e=e: run_onnx(e, calls)
+                                                       for e in list(engines.values())[1:]]
             times = interleaved(fns, args.repeats, pause=0.2)  # engines each alone on the cores
-            audio = sum(float(n.sum()) for _, n in calls) / 16000
-            for engine, t in zip(engines, times):
-                rows.append((threads, label, engine, t, audio / t, times[0] / t))
-                print(f"  {threads:>7} {label:<24} {engine:<20} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x",
-                      flush=True)
+            rows += report(threads, label, engines, times, calls)
     if args.workers:
-        rows += bench_workers(model, fp32, int8, batch, lengths, args)
+        rows += bench_workers(model, fp32, int8, items, args)
     return rows
 
 
-def bench_workers(model, fp32, int8, batch, lengths, args):
-    """The batch's utterances shared round-robin by ``args.workers`` threads, one engine with 1 thread each."""
+def run_torch(model, calls):
+    with torch.inference_mode():
+        for x, n in calls:
+            model.extract_features(x, n)
+
+
+def run_onnx(engine, calls):
+    for x, n in calls:
+        engine(x.numpy(), n.numpy())
+
+
+def report(threads, label, engines, times, calls):
+    """Print and return one row per engine: median seconds, audio seconds per second, ratio to the first."""
+    audio = sum(float(n.sum()) for _, n in calls) / 16000
+    rows = []
+    for engine, t in zip(engines, times):
+        rows.append((threads, label, engine, t, audio / t, times[0] / t))
+        print(f"  {threads:>7} {label:<24} {engine:<20} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x", flush=True)
+    return rows
+
+
+def bench_workers(model, fp32, int8, items, args):
+    """The utterances shared round-robin by ``args.workers`` threads, one engine with 1 thread each."""
     workers = args.workers
     torch.set_num_threads(1)  # PyTorch's intra-op pool; each worker thread runs its own ops
-    items = [(batch[i:i + 1, : int(n)], lengths[i:i + 1]) for i, n in enumerate(lengths)]
     shares = [items[w::workers] for w in range(workers)]
     pool = ThreadPoolExecutor(workers)
-
-    def run_torch(share):
-        with torch.inference_mode():
-            for x, n in share:
-                model.extract_features(x, n)
-
-    def run_onnx(engine, share):
-        for x, n in share:
-            engine(x.numpy(), n.numpy())
 
     def in_parallel(jobs):
         for future in [pool.submit(job) for job in jobs]:
             future.result()
 
-    engines = {"PyTorch fp32": [lambda s=s: run_torch(s) for s in shares]}
+    engines = {"PyTorch fp32": [lambda s=s: run_torch(model, s) for s in shares]}
     for name, path in {"onnxruntime fp32": fp32, **{f"ort int8, {c} CNN": p for c, p in int8.items()}}.items():
         engines[name] = [lambda s=s, e=OnnxEncoder(path, threads=1): run_onnx(e, s) for s in shares]
     times = interleaved([lambda jobs=jobs: in_parallel(jobs) for jobs in engines.values()], args.repeats, pause=0.2)
-    audio = float(lengths.sum()) / 16000
-    label = f"  same, {workers} workers x 1"
-    rows = []
-    for engine, t in zip(engines, times):
-        rows.append((1, label, engine, t, audio / t, times[0] / t))
-        print(f"  {1:>7} {label:<24} {engine:<20} {t:9.3f} {audio / t:10.1f} {times[0] / t:10.2f}x", flush=True)
+    rows = report(1, f"  same, {workers} workers x 1", engines, times, items)
     print(f"  {workers} workers of a compute-bound product (512 x 512 fp32 matmul, 1 thread each) run "
           f"x{compute_bound_scaling(workers, pool):.2f} the throughput of one; compare each engine's {workers}-worker "
           "row with its 1-thread item-by-item row")

@@ -191,11 +191,15 @@ class TraceableEncoder(nn.Module):
         """``(B, S) -> (B, T, C)`` features for the projection, and the valid frames."""
         blocks = self.model.feature_extractor.conv_layers
         int8 = len(self.quantized_convs)
-        if int8:  # (sizes from the traced shape, whose arithmetic the exporter writes as ops; its integer
-            # division truncates, a floor here: the dividends are >= 0 for an input of one frame or more)
-            samples = waveforms.shape[1]  # before _pad_for_chunks
-            field, stride = self._receptive_field(blocks[:1])
-            waveforms = self._pad_for_chunks(waveforms, (samples - field + stride) // stride)
+        samples = waveforms.shape[1]  # before _pad_for_chunks
+
+        def frames_after(chain):  # (from the traced shape, whose arithmetic the exporter writes as ops; its integer
+            # division truncates, a floor here: the dividend is >= 0 for an input of one frame or more)
+            field, stride = self._receptive_field(chain)
+            return (samples - field + stride) // stride
+
+        if int8:
+            waveforms = self._pad_for_chunks(waveforms, frames_after(blocks[:1]))
         if blocks[0].norm == "group":
             x, lengths = self._first_block_group_norm(blocks[0], waveforms, lengths, channels_first=int8 == 0)
         else:
@@ -211,8 +215,7 @@ class TraceableEncoder(nn.Module):
                 x = block.layer_norm(x)
             x = F.gelu(x)  # (group norm comes only in the first block: _build_feature_extractor)
         if int8:  # the chunks' extra frames dropped; the int8 blocks' lengths in one step
-            field, stride = self._receptive_field(blocks[: 1 + int8])
-            x = x[:, : (samples - field + stride) // stride].transpose(1, 2)
+            x = x[:, : frames_after(blocks[: 1 + int8])].transpose(1, 2)
             lengths = C.conv_output_lengths(lengths, *self._receptive_field(blocks[1: 1 + int8]))
         for block in blocks[1 + int8:]:  # channels-major fp32 convs
             x, lengths = self._conv_block(block, x, lengths)
