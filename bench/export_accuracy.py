@@ -8,7 +8,7 @@ The model is exported to ONNX fp32 and int8 (``python -m dphubert.bin.export``'s
 ``--int8-cnn-convs`` value, default the export's), then s3prl's own
 ``run_downstream -m evaluate`` scores the head's test set three times, with the upstream overridden to
 ``dphubert_local`` (the model file in PyTorch) and to ``dphubert_onnx`` (each ONNX file):
-``-o args.upstream=dphubert_onnx,,args.upstream_ckpt=<file>,,args.expdir=<dir>``, the route README gives users.
+``-o args.upstream=dphubert_onnx,,args.upstream_ckpt=<file>,,args.expdir=<dir>``, the route docs/deployment.md gives users.
 The head (featurizer weights and downstream) is the one trained on the PyTorch features and is not retrained.
 Printed: each engine's accuracy with its test-set size and Wilson 95% interval, and the difference to PyTorch
 paired over utterances (bootstrap 95% interval) with the utterances whose right/wrong status flips, as a table

@@ -246,7 +246,7 @@ def main():
           f"load average {load:.1f} at start, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
           f"{args.repeats} repeats, glibc malloc "
           f"{'default' if args.default_malloc else 'keeping freed memory (MALLOC_MMAP/TRIM_THRESHOLD_ 1 GiB)'}")
-    # The ratios depend on the CPU (README "Deployment": an AMX Xeon gives lower ones than an AMD EPYC)
+    # The ratios depend on the CPU (bench/README.md: an AMX Xeon gives lower ones than an AMD EPYC)
     print(f"CPU: {cpu_description()}")
     models = {}
     if args.demo_model:

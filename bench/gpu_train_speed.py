@@ -1,4 +1,4 @@
-"""Training throughput of Step 1, Step 2 and the DistilHuBERT-style baseline on one device (issue 15).
+"""Training throughput of Step 1, Step 2 and the DistilHuBERT-style baseline on one device.
 
     python bench/gpu_train_speed.py [--json out.json] [--markdown out.md]          # a GPU: 160 s batches
     python bench/gpu_train_speed.py --small [--in-process]                         # CPU, tiny shapes (CI)
@@ -18,8 +18,8 @@ allocator warm-up) excluded. Printed per run, and written to ``--json`` / ``--ma
   (forward + backward = 2 x forward) for the student, per item of each batch, over ``--peak-tflops`` (default:
   the chip's dense bf16/fp16 peak, 989 TFLOP/s for an H100/H200, 312 for an A100).
 
-Option sets (the trainer's speed keys, see README "Benchmarks"): ``plain`` (every speed option off: the code
-before issue 15), ``all`` (every one on), ``no_<option>`` (all on but that one), or options joined by ``+``; the
+Option sets (the trainer's speed keys, docs/training.md "Speed options"): ``plain`` (every speed option off),
+``all`` (every one on), ``no_<option>`` (all on but that one), or options joined by ``+``; the
 options: ``defer`` (defer_host_sync), ``bf16_teacher`` (teacher_precision bf16), ``fused`` (fused_adamw),
 ``compile`` (compile_layers, inductor on CUDA). A run that fails is recorded with its error and the next one runs;
 ``--time-budget`` skips the runs that would start after it; the JSON and markdown are rewritten after every run.
@@ -328,8 +328,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     done = [r for r in result["runs"] if r["method"] == "distill_prune" and "error" not in r]
     if done:
         best = max(done, key=lambda r: r["audio_per_s"])
-        print(f"best Step 1: {best['audio_per_s']:.1f} audio s / s ({best['amp']}, {best['options']}); the paper "
-              f"~490 per GPU, goal >= 2000 on one H200; total {result['total_s']:.0f} s")
+        print(f"best Step 1: {best['audio_per_s']:.1f} audio s / s ({best['amp']}, {best['options']}); the paper's "
+              f"Step 1: ~490 per GPU (A100, fp16); total {result['total_s']:.0f} s")
 
 
 def write_outputs(result: dict, args) -> None:

@@ -17,8 +17,8 @@ of a dense model does not depend on their values).
 
 Prints per model: params, MACs, the forward time (median of interleaved repeats, eval, inference mode), the
 speed-up ``t_full / t_pruned``, the MACs ratio ``macs_full / macs_pruned`` and their quotient, the fraction of the
-MACs reduction the forward time realises (goal >= 0.9: MACs are the cost that a target controls only if time
-follows them).
+MACs reduction the forward time realises (1.0: time follows MACs exactly; MACs are the cost that a target
+controls only if time follows them).
 """
 
 import argparse
@@ -145,7 +145,7 @@ def main():
         if name != "unpruned":
             print(f"{name}: CNN channels {[c[0] for c in cfg['extractor_conv_layer_config']]}, heads "
                   f"{cfg['encoder_num_heads']}, FFN units {cfg['encoder_ff_interm_features']}")
-    print(f"realised = speed-up / MACs ratio (goal >= 0.9); {args.repeats} interleaved repeats, "
+    print(f"realised = speed-up / MACs ratio (1.0: time follows MACs); {args.repeats} interleaved repeats, "
           f"{time.perf_counter() - start:.0f} s")
 
 

@@ -36,6 +36,17 @@ def pruned_model(model_type: str, large: bool) -> Wav2Vec2Model:
 VARIANTS = [("hubert", False), ("wavlm", False), ("hubert", True)]  # post-LN HuBERT, WavLM, pre-LN (Large)
 
 
+def speech_batch():
+    """Three spoken utterances (espeak-ng, 0.4-1.4 s, pauses at the punctuation) as a padded batch."""
+    items = [espeak_speech("turn the lights off, in the kitchen. then stop."),
+             espeak_speech("what time is it, in tokyo?", "en-gb"), espeak_speech("yes. no.", "en-us+f3")]
+    lengths = torch.tensor([len(item) for item in items])
+    waveforms = torch.zeros(len(items), int(lengths.max()))
+    for i, item in enumerate(items):
+        waveforms[i, : len(item)] = torch.from_numpy(item)
+    return waveforms, lengths
+
+
 @pytest.mark.parametrize("model_type,large", VARIANTS, ids=["hubert", "wavlm", "pre_ln"])
 def test_onnx_matches_pytorch_on_other_batch_and_padded_items(tmp_path, model_type, large):
     model = pruned_model(model_type, large)
@@ -87,13 +98,18 @@ def test_int8_runs_and_reports_per_layer_drift(tmp_path, model_type, large, cnn_
     assert ops.count("Einsum") == 1, ops
     encoder = OnnxEncoder(out, threads=1)
     assert encoder.layers == [1, 3] and encoder.precision == "int8"
-    torch.manual_seed(3)
-    waveforms = torch.randn(3, 12001) * 0.3
-    rows = layer_drift(model, encoder, waveforms, torch.tensor([12001, 7000, 9999]))  # padded, odd lengths
+    waveforms, lengths = speech_batch()
+    rows = layer_drift(model, encoder, waveforms, lengths)
     assert [r["layer"] for r in rows] == [1, 3]
-    for r in rows:  # quantised, so not exact; but close (random weights, no outliers)
-        # 0.012 with reduce_range; 0.117 without it on a CPU lacking VNNI (AMD EPYC: u8 x s8 saturation)
-        assert 0 < r["relative_l2"] < 0.05, rows
+    # Quantised, so not exact, but close. On speech (here 20-32% of the 20 ms frames are 30 dB or more under the
+    # item's loudest: pauses), what keeps it close is the int8 convs' activation scale per chunk of frames: one
+    # scale per item, set by the item's peaks, leaves the quiet frames a few steps of it. Relative L2, layers 1 / 3 (AMD EPYC, VNNI): group-norm CNN, all convs
+    # int8: 0.050 / 0.050 (HuBERT), 0.050 / 0.051 (WavLM, 3 convs); one scale per item: 0.155 / 0.152 and
+    # 0.133 / 0.133. A layer-norm CNN normalises each frame, so its convs see no level change and the per-item
+    # scale costs little there (0.021 -> 0.022): those variants get the bound of the linear layers' int8 alone.
+    bound = 0.04 if large else 0.08
+    for r in rows:
+        assert 0 < r["relative_l2"] < bound, rows
 
 
 def optimized_op_counts(path) -> dict:
@@ -354,7 +370,9 @@ def test_cli_checks_on_a_data_dir_of_real_speech(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"check input: 2 utterances of {data}" in printed and "int8 vs PyTorch" in printed, printed
     rows = [line.split() for line in printed.splitlines() if line.startswith("  ")]
-    assert len(rows) == model.num_layers + 1 and all(0 < float(r[2]) < 0.2 for r in rows), rows
+    # Relative L2 per state: 0.044 (AMD EPYC, VNNI) to 0.049 (Intel); 0.12-0.15 with one activation scale per
+    # item instead of per chunk of frames in the int8 convs, which this bound is to catch on real speech.
+    assert len(rows) == model.num_layers + 1 and all(0 < float(r[2]) < 0.08 for r in rows), rows
     assert export_cli.main([*argv, "--resample", "--check-utterances", "0"]) == 1
     assert "give 1 or more" in capsys.readouterr().err
     soundfile.write(tmp_path / "a.wav", np.zeros(50, np.float32), 16000)  # under the tiny CNN's 60 samples
@@ -375,17 +393,21 @@ def test_synthetic_check_input_has_speech_level_changes():
         assert level_db.min() < -25 and (level_db > -6).float().mean() > 0.2, level_db
 
 
-def test_export_api_errors():
+def test_export_api_errors(tmp_path):
+    """Each bad option is refused before anything is written: no file, no temporary file, no directory."""
     model = pruned_model("hubert", False)
-    with pytest.raises(ExportError, match="unknown precision"):
-        export_onnx(model, "/tmp/never.onnx", precision="fp16")
-    with pytest.raises(ExportError, match="choose 0..3"):
-        export_onnx(model, "/tmp/never.onnx", precision="int8", int8_cnn_convs=4)
-    with pytest.raises(ExportError, match="add --quantize int8"):
-        export_onnx(model, "/tmp/never.onnx", int8_cnn_convs=1)
+    out = tmp_path / "sub" / "never.onnx"
     odd = Wav2Vec2Model(tiny_config("hubert", extractor_conv_layer_config=[[32, 10, 5], [32, 3, 2], [32, 5, 2]]))
-    with pytest.raises(ExportError, match=r"CNN conv 2 \(kernel 5, stride 2\) has no int8 form.*--int8-cnn-convs 1"):
-        export_onnx(odd.eval(), "/tmp/never.onnx", precision="int8")
+    cases = [
+        (model, dict(precision="fp16"), "unknown precision"),
+        (model, dict(precision="int8", int8_cnn_convs=4), "choose 0..3"),
+        (model, dict(int8_cnn_convs=1), "add --quantize int8"),
+        (odd.eval(), dict(precision="int8"), r"CNN conv 2 \(kernel 5, stride 2\) has no int8 form.*--int8-cnn-convs 1"),
+    ]
+    for bad_model, options, message in cases:
+        with pytest.raises(ExportError, match=message):
+            export_onnx(bad_model, out, **options)
+        assert not out.exists() and list(tmp_path.iterdir()) == [], (options, list(tmp_path.rglob("*")))
 
 
 def test_onnx_file_as_s3prl_upstream_matches_dphubert_local(tmp_path):

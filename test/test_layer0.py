@@ -1,7 +1,8 @@
-"""The Step-1 "layer 0" target option ``layer0``: ``transformer_input`` (our default: after the positional conv and,
-post-LN, the encoder LayerNorm, HF/s3prl's state 0) or ``projection`` (the paper's code: the feature-projection
-output before the positional conv; METHOD.md sections 6 and 11), for the student, the online teacher and the
-teacher dump."""
+"""The Step-1 "layer 0" target option ``layer0``: ``transformer_input`` (our hidden state 0, what
+``extract_features`` returns by default: after the positional conv and, post-LN, the encoder LayerNorm, HF/s3prl's
+state 0) or ``projection`` (distill_prune's default, as in the paper's code: the feature-projection output before
+the positional conv; docs/method.md, "What layer 0 is"; final_distill follows its Step-1 file unless set), for the
+student, the online teacher and the teacher dump."""
 
 import argparse
 
@@ -86,7 +87,7 @@ def test_task_online_teacher_and_final_distill_follow_layer0(tmp_path):
 
 
 def test_dump_records_layer0_and_training_refuses_a_mismatch(tmp_path, capsys):
-    assert load_config("distill_prune")["layer0"] == "projection"  # the paper's (a tie on the demo, README)
+    assert load_config("distill_prune")["layer0"] == "projection"  # the paper's (a demo tie: docs/experiments.md)
     teacher = Wav2Vec2Model(tiny_config("hubert")).eval()
     save_model(teacher, tmp_path / "teacher.pt")
     data = make_data_dir(tmp_path / "d", [0.5, 0.6, 0.55, 0.65], seed=3)

@@ -101,7 +101,7 @@ def test_setups_name_existing_configs(setup):
             assert (RECIPE / line.split("=", 1)[1]).is_file(), line
 
 
-# ----- stage 2 -> stage 3 with dumped teacher features, for every shipped setup (issue 12) --------------------------
+# ----- stage 2 -> stage 3 with dumped teacher features, for every shipped setup -------------------------------------
 # Tiny teachers with each setup's depth and kind; the shipped Step-1 YAMLs with only the run length and the data
 # sizes replaced, so their distill_layers / layer0 / projection_groups are the ones under test.
 SETUPS = {"hubert_base": ("hubert", False, 12), "wavlm_base_plus": ("wavlm", False, 12),

@@ -36,7 +36,7 @@ def test_hard_concrete_sampling_and_l0():
     assert (a == 0).any() and (a == 1).any(), "the stretch makes exact zeros and ones possible"
     expected = torch.sigmoid(gate.log_alpha - TEMPERATURE * math.log(0.1 / 1.1)).sum()
     assert torch.allclose(gate.l0_norm(), expected)
-    assert abs(gate.l0_norm().item() / 1000 - 0.832) < 0.01  # METHOD.md: FFN gates start at p ~ 0.83
+    assert abs(gate.l0_norm().item() / 1000 - 0.832) < 0.01  # docs/method.md: FFN gates start at p ~ 0.83
     assert HardConcrete(10, init_mean=0.01).l0_norm().item() / 10 > 0.99
 
 
@@ -205,7 +205,7 @@ def test_wavlm_keeps_position_embedding_when_layer0_loses_all_heads():
 
 
 def test_last_conv_layernorm_caveat_is_measured():
-    """Pruning the last CNN layer's channels changes the projection LayerNorm's statistics (METHOD.md 7)."""
+    """Pruning the last CNN layer's channels changes the projection LayerNorm's statistics (docs/method.md)."""
     cfg = tiny_config("hubert", extractor_prune_conv_channels=True)
     model = Wav2Vec2Model(cfg).eval()
     for block in model.feature_extractor.conv_layers:
@@ -220,7 +220,7 @@ def test_last_conv_layernorm_caveat_is_measured():
     scale = gated_states[0].abs().mean()
     gap = max((a - b).abs().mean().item() for a, b in zip(gated_states, pruned_states)) / scale
     print(f"relative mean gap from the LayerNorm caveat with 3/32 last-layer channels pruned: {gap:.4f}")
-    assert gap == pytest.approx(0.057, abs=0.01)  # the gap README documents; anything larger is a regression
+    assert gap == pytest.approx(0.057, abs=0.01)  # the gap docs/method.md documents; anything larger is a regression
     # Keeping every channel of the last layer makes pruning exact again, soft values included.
     last[:3] = 4.0
     exact = model.prune()

@@ -193,7 +193,7 @@ def one_node(shared, tmp_path_factory):
     return recipe / "exp" / "one"
 
 
-# ----- one node, two processes (issue 12: the --ngpu 2 path on CPU) ------------------------------------------------
+# ----- one node, two processes (the --ngpu 2 path on CPU) ----------------------------------------------------------
 def test_ngpu2_stage_runs_two_gloo_processes_on_cpu(one_node):
     job_log = (one_node / "logs" / "distill_prune.log").read_text().splitlines()
     assert job_log[0].startswith("# torchrun --standalone --nproc_per_node 2 --max_restarts 0 "

@@ -1,16 +1,21 @@
-"""Files of the paper's reference code in (the released DPHuBERT/DPWavLM, its prune.py / save_final_ckpt.py outputs),
-and our models out in their layout (``convert --to release``, ``package --release-out``).
+"""Files of the paper's code in (the released DPHuBERT/DPWavLM, its prune.py / save_final_ckpt.py outputs), and our
+models out in their layout (``convert --to release``, ``package --release-out``).
 
-The fixtures are written by ``reference_dphubert.py`` as the reference code (pyf98/DPHuBERT) writes them (its
-docstring names the file each fact comes from), with non-trivial ``dummy_weight`` values (0.3, 0.98, 0.21, ...),
-for HuBERT, WavLM and a pre-LN (Large-style) model, pruned per layer, with a layer left without heads and one
-without FFN units. Hidden states are compared with ``reference_states``, an independent forward written from the
-reference code, which is itself checked against torchaudio's ``wav2vec2_model`` / ``wavlm_model`` (the code the
-reference is derived from) on a uniformly pruned file torchaudio can express.
+The fixtures are made by ``reference_dphubert.py`` as pyf98/DPHuBERT (commit c18093f) makes such files: a Step-1
+student with HardConcrete gates (wav2vec2/hardconcrete.py ``forward``, eval mode, lines 101-113) pruned by the
+rules of its ``prune()`` methods (wav2vec2/components.py ``FeatureExtractor.prune`` 198-235,
+``SelfAttention.prune`` 451-484, ``WavLMSelfAttention.prune`` 661-694, ``FeedForward.prune`` 763-792,
+``Transformer.prune`` 936-956, ``Encoder.prune`` 1011-1017) and saved as prune.py ``prune_from_ckpt`` (11-67)
+saves; its docstring names the lines of each rule. They are HuBERT, WavLM and a pre-LN (Large-style) model with
+non-trivial ``dummy_weight`` values (0.3, 0.98, 0.21, ...), pruned per layer, with layers left without heads or
+FFN units, a WavLM whose layer 0 keeps no head, and layer gates (attlayer, ffnlayer) with soft masks and masks of
+0. Hidden states are compared with ``reference_states``, a forward written from wav2vec2/model.py and
+components.py, which is itself checked against torchaudio's ``wav2vec2_model`` / ``wavlm_model`` (the code the
+paper's is derived from) on a uniformly pruned file torchaudio can express.
 
-Conventions (ours: HF / s3prl): our state 0 is the transformer input (the reference's state 0 is the projection
+Conventions (ours: HF / s3prl): our state 0 is the transformer input (the paper's state 0 is the projection
 output before the positional conv, our ``extract_features(..., layer0="projection")[0]``); pre-LN models' last
-state has the final encoder LayerNorm (the reference applies it only in ``forward``).
+state has the final encoder LayerNorm (the paper's code applies it only in ``forward``).
 """
 
 import copy
@@ -21,8 +26,10 @@ import torch.nn.functional as F
 import torchaudio
 
 from conftest import ALL_GATES, tiny_config
-from reference_dphubert import (LAST_CONV_VALUES, final_layer_norm, reference_checkpoint, reference_states,
-                                state_shapes, write_reference_file)
+from reference_dphubert import (DUMMY, EXTRA_PLANS, LAST_CONV_VALUES, LAYERS, attention_layer_gate,
+                                cnn_features, conv_gate, ffn_layer_gate, final_layer_norm, hard_concrete_mask,
+                                head_gate, paper_prune, reference_checkpoint, reference_states, state_shapes,
+                                step1_checkpoint, teacher_config, unit_gate, write_reference_file)
 from dphubert.bin import convert as convert_cli
 from dphubert.bin import package as package_cli
 from dphubert.distill import LayerProjections
@@ -30,6 +37,8 @@ from dphubert.models import Wav2Vec2Model, load_model, save_model
 from dphubert.models.release import DUMMY_WEIGHT, release_checkpoint
 
 KINDS = ["hubert", "wavlm", "hubert_large"]
+# Every pruned layout: the three kinds with their default plans, and the extra ones (kind, plan).
+LAYOUTS = {**{kind: (kind, None) for kind in KINDS}, **EXTRA_PLANS}
 SAMPLES = 4000  # 99 frames: relative distances beyond WavLM's exact (8) and log (64) bucket ranges
 TOL = 1e-5
 
@@ -92,6 +101,102 @@ def _torchaudio_twin(ckpt):
     return model.eval(), captured
 
 
+def _blocks_removed(step1: dict, i: int):
+    """Per the paper's prune(): whether layer i loses its attention / FFN block, and the head / unit masks."""
+    sd = step1["state_dict"]
+    masks = {name: hard_concrete_mask(sd[gate(i)]) for name, gate in (
+        ("heads", head_gate), ("attention_layer", attention_layer_gate), ("units", unit_gate),
+        ("ffn_layer", ffn_layer_gate)) if gate(i) in sd}
+    no_attention = not masks["heads"].any() or ("attention_layer" in masks and not masks["attention_layer"].any())
+    no_ffn = not masks["units"].any() or ("ffn_layer" in masks and not masks["ffn_layer"].any())
+    return no_attention, no_ffn, masks
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fixtures_hold_what_the_paper_prune_writes(layout):
+    """The fixture files against the facts of pyf98/DPHuBERT's prune (the lines: reference_dphubert's docstring)
+    and against the gated Step-1 model they come from, where prune() keeps its states."""
+    kind, plan = LAYOUTS[layout]
+    step1 = step1_checkpoint(kind, plan=plan)
+    config, state = paper_prune(step1)
+    ckpt = reference_checkpoint(kind, plan=plan)
+    assert list(ckpt) == ["state_dict", "config", "distill_linear_projs"]  # prune.py 62-66
+    assert ckpt["config"] == config and all(torch.equal(ckpt["state_dict"][k], v) for k, v in state.items())
+    # prune.py 33-59: the teacher's config keys in their order, the five switches False, CNN layers as tuples
+    assert list(config) == list(teacher_config(kind))
+    assert not any(config[k] for k in ("extractor_prune_conv_channels", "encoder_prune_attention_heads",
+                                       "encoder_prune_attention_layer", "encoder_prune_feed_forward_intermediate",
+                                       "encoder_prune_feed_forward_layer"))
+    assert all(type(c) is tuple for c in config["extractor_conv_layer_config"])
+    assert not [k for k in state if "hard_concrete" in k]  # the gates are gone (layer.hard_concrete = None)
+    sd = step1["state_dict"]
+    last = len(config["extractor_conv_layer_config"]) - 1
+    channel_mask = hard_concrete_mask(sd[conv_gate(last)])
+    kept = channel_mask.nonzero().squeeze(-1)
+    assert config["extractor_conv_layer_config"][last][0] == len(kept)
+    assert torch.equal(state[DUMMY], channel_mask[kept])  # ones * the last conv's mask, sliced (components.py 218-223)
+    wavlm = "encoder_remaining_heads" in config
+    for i in range(config["encoder_num_layers"]):
+        p = f"{LAYERS}{i}."
+        no_attention, no_ffn, masks = _blocks_removed(step1, i)
+        heads = masks["heads"].nonzero().squeeze(-1)
+        # The head count (WavLM: indices) of the nonzero head-mask entries, even when a layer gate of 0 removed the
+        # block with heads left (SelfAttention.prune 468, WavLMSelfAttention.prune 678)
+        assert (config["encoder_remaining_heads"][i] if wavlm else config["encoder_num_heads"][i]) == (
+            heads.tolist() if wavlm else len(heads))
+        assert config["encoder_use_attention"][i] == (not no_attention)
+        attention_keys = [k for k in state if k.startswith(p + "attention.")]
+        if no_attention:  # layer.attention = None (Transformer.prune 946-947): q/k/v/out_proj, out_proj's bias too
+            assert attention_keys == []
+        else:
+            head_dim = (config["encoder_embed_dim"] // config["encoder_total_num_heads"][i] if wavlm
+                        else config["encoder_head_dim"])
+            columns = (masks["heads"].repeat_interleave(head_dim)).nonzero().squeeze(-1)
+            scale = masks.get("attention_layer", torch.ones(1))
+            for name in ("q_proj", "k_proj", "v_proj"):
+                assert torch.equal(state[f"{p}attention.{name}.weight"], sd[f"{p}attention.{name}.weight"][columns])
+                assert torch.equal(state[f"{p}attention.{name}.bias"], sd[f"{p}attention.{name}.bias"][columns])
+            out_w = sd[p + "attention.out_proj.weight"] * scale * masks["heads"].repeat_interleave(head_dim)
+            assert torch.equal(state[p + "attention.out_proj.weight"], out_w[:, columns])
+            # the bias kept, times the layer gate's mask only (prune_linear_layer slices no bias along "input")
+            assert torch.equal(state[p + "attention.out_proj.bias"], sd[p + "attention.out_proj.bias"] * scale)
+        units = masks["units"].nonzero().squeeze(-1)
+        assert config["encoder_ff_interm_features"][i] == len(units)  # FeedForward.prune 781 (0 when none)
+        assert config["encoder_use_feed_forward"][i] == (not no_ffn)
+        ffn_keys = [k for k in state if k.startswith(p + "feed_forward.")]
+        if no_ffn:  # layer.feed_forward = None (952-953)
+            assert ffn_keys == []
+        else:
+            scale = masks.get("ffn_layer", torch.ones(1))
+            out_w = sd[p + "feed_forward.output_dense.weight"] * scale * masks["units"]
+            assert torch.equal(state[p + "feed_forward.output_dense.weight"], out_w[:, units])
+            assert torch.equal(state[p + "feed_forward.output_dense.bias"], sd[p + "feed_forward.output_dense.bias"]
+                               * scale)
+        for norm in ("layer_norm", "final_layer_norm"):  # kept whatever goes (EncoderLayer.forward 852)
+            assert torch.equal(state[f"{p}{norm}.weight"], sd[f"{p}{norm}.weight"])
+    # WavLM: only layer 0 has rel_attn_embed (components.py 1349); it goes with layer 0's attention
+    assert [k for k in state if "rel_attn_embed" in k] == (
+        [f"{LAYERS}0.attention.rel_attn_embed.weight"] if wavlm and config["encoder_use_attention"][0] else [])
+
+    # Where prune() keeps the gated model's states, the fixture must too (every mask folded in right):
+    x = torch.randn(2, SAMPLES)
+    pruned = reference_states(ckpt, x)["states"]
+    if config["extractor_mode"] == "group_norm":  # the CNN's features on the kept channels, zeros elsewhere
+        gated = cnn_features(step1, x)
+        assert _diff(gated[..., kept], cnn_features(ckpt, x)) < TOL
+        assert float(gated.abs().sum()) == float(gated[..., kept].abs().sum())
+    gated = reference_states(step1, x, skip_empty=True, state0=pruned[0])["states"]
+    assert max(_diff(a, b) for a, b in zip(gated, pruned)) < TOL
+    # ... and it drops what a block whose heads / units are all gated off still adds (its output bias)
+    def lossy(masks, inner, layer):
+        return not masks[inner].any() and bool(masks.get(layer, torch.ones(1)).all())
+
+    dropped_bias = any(lossy(m, "heads", "attention_layer") or lossy(m, "units", "ffn_layer")
+                       for m in (_blocks_removed(step1, i)[2] for i in range(config["encoder_num_layers"])))
+    full = reference_states(step1, x, state0=pruned[0])["states"]
+    assert (_diff(full[-1], pruned[-1]) > 1e-2) == dropped_bias
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_reference_forward_and_our_loader_match_torchaudio(kind, tmp_path):
     """On a file torchaudio can express (every head kept, one FFN width), the independent reference forward equals
@@ -108,9 +213,10 @@ def test_reference_forward_and_our_loader_match_torchaudio(kind, tmp_path):
     assert_reference_states(load_model(tmp_path / "uniform.pth"), ckpt, x)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_reference_files_load_and_convert(kind, tmp_path, capsys):
-    ckpt = write_reference_file(tmp_path / "DPHuBERT-sp0.75.pth", kind)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reference_files_load_and_convert(layout, tmp_path, capsys):
+    kind, plan = LAYOUTS[layout]
+    ckpt = write_reference_file(tmp_path / "DPHuBERT-sp0.75.pth", kind, plan=plan)
     assert ckpt["state_dict"][DUMMY_WEIGHT][:3].tolist() == pytest.approx(LAST_CONV_VALUES)
     model = load_model(tmp_path / "DPHuBERT-sp0.75.pth")
     assert model.config["encoder_projection_input_scale"]
@@ -135,7 +241,7 @@ def test_reference_files_load_and_convert(kind, tmp_path, capsys):
     for a, b in zip(_states(load_model(tmp_path / "ours.pt"), x), _states(model, x)):
         assert torch.equal(a, b)
 
-    if kind == "hubert":  # newer torch spells the weight-norm parameters of the positional conv differently
+    if layout == "hubert":  # newer torch spells the weight-norm parameters of the positional conv differently
         renamed = copy.deepcopy(ckpt)
         renamed["state_dict"] = {k.replace("conv.weight_g", "conv.parametrizations.weight.original0")
                                  .replace("conv.weight_v", "conv.parametrizations.weight.original1"): v
@@ -145,10 +251,11 @@ def test_reference_files_load_and_convert(kind, tmp_path, capsys):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_convert_to_release_writes_what_the_reference_wrote(kind, tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_convert_to_release_writes_what_the_reference_wrote(layout, tmp_path):
     """A reference file -> our model -> --to release gives back the reference file: keys, config, tensors."""
-    ckpt = write_reference_file(tmp_path / "ref.pth", kind)
+    kind, plan = LAYOUTS[layout]
+    ckpt = write_reference_file(tmp_path / "ref.pth", kind, plan=plan)
     assert convert_cli.main(["--from", "dphubert", str(tmp_path / "ref.pth"), "--to", "release",
                              "--out", str(tmp_path / "release.pth")]) == 0
     out = torch.load(tmp_path / "release.pth", weights_only=True)

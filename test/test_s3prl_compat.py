@@ -6,6 +6,7 @@ apply() (it patches torchaudio globally) runs in subprocesses, so other tests se
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -267,25 +268,54 @@ def test_pad_trim_reverse():
     assert out.shape == (1, SR) and out[0, : SR // 2].eq(0.1).all() and out[0, SR // 2:].eq(0.1).all()
 
 
-def test_silence_matches_sox_on_the_asv_chain():
-    """ASV's 'silence 1 0.1 0.1% -1 0.1 0.1%': leading/middle silences > 0.1 s and bursts < 0.1 s go."""
+def sox_effect(wav: np.ndarray, effect, tmp_path: Path) -> np.ndarray:
+    """The sox command line's output for a mono float32 signal at SR (32-bit float WAV in and out)."""
+    soundfile.write(tmp_path / "in.wav", wav, SR, subtype="FLOAT")
+    subprocess.run(["sox", "-V1", str(tmp_path / "in.wav"), "-e", "floating-point", "-b", "32",
+                    str(tmp_path / "out.wav"), *effect], check=True, capture_output=True)
+    out, rate = soundfile.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
+    assert rate == SR
+    return out[:, 0]
+
+
+def silence_test_signal() -> np.ndarray:
     zeros = lambda s: np.zeros(int(s * SR), np.float32)  # noqa: E731
     tone = lambda s: sine(s, 300.0, 0.5)  # noqa: E731
     parts = [zeros(0.3), tone(0.5), zeros(0.05), tone(0.4), zeros(0.3), tone(0.05), zeros(0.3), tone(0.5), zeros(0.2)]
-    wav = torch.from_numpy(np.concatenate(parts))[None]
-    out, sr = effects(wav, [["silence", "1", "0.1", "0.1%", "-1", "0.1", "0.1%"]])
+    return np.concatenate(parts)
+
+
+SILENCE_CHAINS = [["silence", "1", "0.1", "0.1%", "-1", "0.1", "0.1%"],  # ASV's
+                  ["silence", "1", "0.1", "1%"],  # a leading trim only
+                  ["silence", "1", "0.05", "-40d", "1", "0.1", "-40d"]]  # stop at the first long silence
+
+
+def test_silence_on_the_asv_chain():
+    """ASV's 'silence 1 0.1 0.1% -1 0.1 0.1%': leading/middle silences > 0.1 s and bursts < 0.1 s go."""
+    wav = torch.from_numpy(silence_test_signal())[None]
+    out, sr = effects(wav, [SILENCE_CHAINS[0]])
     assert sr == SR
-    assert out.shape[1] == 23836  # what the SoX 14.4.2 command line gives for this signal
-    first = torch.from_numpy(tone(0.5))
+    first = torch.from_numpy(sine(0.5, 300.0, 0.5))
     assert torch.equal(out[0, :7999], first[1:])  # leading 0.3 s of zeros (and the zero sample) removed
     # the 0.05 s pause is kept, the 0.05 s burst between long silences is dropped
     assert torch.equal(out[0, 7999:7999 + 800], torch.zeros(800))
-    out_trailing, _ = effects(wav, [["silence", "1", "0.1", "1%"]])
-    assert out_trailing.shape[1] == 36797  # leading trim only (SoX 14.4.2: 36797)
-    out_stop, _ = effects(wav, [["silence", "1", "0.05", "-40d", "1", "0.1", "-40d"]])
-    assert out_stop.shape[1] == 15514  # stop at the first long silence (SoX 14.4.2: 15514)
     everything_silent, _ = effects(torch.zeros(1, SR), [["silence", "1", "0.1", "0.1%"]])
     assert everything_silent.shape == (1, 0)
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="needs the sox command line")
+def test_silence_gives_what_the_sox_command_gives(tmp_path):
+    """The same samples as the sox command line on the same input, for each chain and for all-silent input."""
+    signal = silence_test_signal()
+    for effect in SILENCE_CHAINS:
+        out, _ = effects(torch.from_numpy(signal)[None], [effect])
+        reference = sox_effect(signal, effect, tmp_path)
+        assert 0 < len(reference) < len(signal) and out.shape == (1, len(reference)), (effect, out.shape)
+        # sox computes in 32-bit fixed point: float32 in and out round-trips to within 2^-25
+        assert np.abs(out[0].numpy() - reference).max() <= 6e-8, effect
+    silent = np.zeros(SR, np.float32)
+    out, _ = effects(torch.from_numpy(silent)[None], [SILENCE_CHAINS[1]])
+    assert out.shape == (1, len(sox_effect(silent, SILENCE_CHAINS[1], tmp_path)))
 
 
 def test_dtype_and_channel_order_are_kept():

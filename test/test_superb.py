@@ -122,7 +122,7 @@ def test_run_downstream_train_then_evaluate_from_any_cwd(ks_setup, tmp_path):
     assert len(truth) == 7 and set(truth.values()) == {"yes", "no", "_unknown_", "_silence_"}
     assert accuracy == pytest.approx(100.0 * sum(predicted[k] == v for k, v in truth.items()) / len(truth))
 
-    # the same head on the model exported to ONNX, by s3prl's own override (README "Deployment")
+    # the same head on the model exported to ONNX, by s3prl's own override (docs/deployment.md)
     onnx_file = tmp_path / "a.onnx"
     export = _run(["-m", "dphubert.bin.export", "--model", str(ks_setup / "a.pt"), "--format", "onnx",
                    "--out", str(onnx_file)], cwd=tmp_path)

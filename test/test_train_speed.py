@@ -1,12 +1,13 @@
-"""The trainer's speed options give the results of the plain path (issue 15), and the GPU benchmark runs on CPU.
+"""The trainer's speed options give the results of the plain path, and the GPU benchmark runs on CPU.
 
 Each option is switched on against the plain path on the same tiny Step-1 run (real CLI, real wav files):
 ``defer_host_sync`` gives bit-identical weights and logs, and its deferred NaN check stops at the same step as the
 per-step check, before any save; ``fused_adamw`` and ``compile_layers`` (the aot_eager backend: dynamo + AOT
 autograd, the path inductor takes, without a C++ compile) give the same weights within float tolerance;
 ``teacher_precision: bf16`` gives the same losses within bf16 rounding; a kill and ``--resume`` with every option on
-(but compile_layers) ends with bit-identical weights. ``bench/gpu_train_speed.py --small`` prints its JSON with
-every field.
+(but compile_layers) ends with bit-identical weights. The phase timer gives each phase its own time;
+``bench/gpu_train_speed.py --small`` runs on CPU and its FLOP/s, MFU, audio rate and peak memory are what the timed
+batches and this process's memory make them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,34 +134,85 @@ def test_kill_and_resume_with_the_options_on_is_exact(speed):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_phase_timer_splits_the_step():
+def test_phase_timer_gives_each_phase_its_own_time():
+    """Known sleeps per phase, each phase a different time per step (a swap of two phases, or one counted twice,
+    moves one of them out of its bounds), ``data`` twice per step (it adds up), untimed sleeps between the phases (in
+    ``total`` only), and a long first step that ``skip=1`` leaves out. ``time.sleep`` never returns early, so the
+    lower bounds are exact; the upper ones allow 30 ms of scheduling delay per sleep (the machine may be busy)."""
+    per_step = {"data": 0.04, "teacher": 0.12, "student": 0.10, "optimizer": 0.06, "logging": 0.14}  # per sleep
+    gap, steps, slack = 0.01, 2, 0.03
     timer = PhaseTimer(torch.device("cpu"))
-    for _ in range(3):
-        for phase in PHASES:
+    for step in range(1 + steps):
+        for phase in ("data", "data", "teacher", "student", "optimizer", "logging"):
             with timer(phase):
-                torch.randn(64, 64) @ torch.randn(64, 64)
+                time.sleep(0.15 if step == 0 and phase == "teacher" else per_step[phase])
+            time.sleep(gap)  # between phases: not in any phase, in the step's total
         timer.end_step()
     split = timer.summary(skip=1)
-    assert split["steps"] == 2 and set(PHASES) <= set(split)
-    assert 0 < sum(split[p] for p in PHASES) <= split["total"]
+    assert split["steps"] == steps and set(split) == {*PHASES, "total", "steps"}
+    sleeps = {"data": 2 * steps, "teacher": steps, "student": steps, "optimizer": steps, "logging": steps}
+    for phase, seconds in per_step.items():
+        expected = seconds * sleeps[phase]
+        assert expected <= split[phase] <= expected + slack * sleeps[phase], (phase, split)
+    timed = sum(per_step[p] * sleeps[p] for p in per_step)
+    untimed = 6 * gap * steps
+    assert timed + untimed <= split["total"] <= timed + untimed + slack * 12 * steps, split
+    whole = timer.summary()  # the first step too
+    assert whole["steps"] == 1 + steps and whole["teacher"] >= split["teacher"] + 0.15
     with pytest.raises(ValueError, match="3 timed steps"):
         timer.summary(skip=3)
 
 
+def _vm_hwm_gib() -> float:
+    """This process's peak resident memory, from /proc (kB), in GiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 2**20
+
+
 def test_gpu_bench_small_runs_on_cpu(tmp_path, capsys):
+    """The bench's figures against what they must be: FLOP/s from the counted MACs of each timed batch over the
+    timed steps' wall time, MFU over the given peak, audio per second, peak memory between this process's peak
+    resident memory before and after (it only grows)."""
+    from dphubert.models.macs import count_macs
+
     spec = importlib.util.spec_from_file_location("gpu_train_speed", ROOT / "bench" / "gpu_train_speed.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    bench.main(["--small", "--in-process", "--amp", "none", "--option-sets", "no_compile", "--workdir",
-                str(tmp_path / "work"), "--json", str(out)])
+    work = tmp_path / "work"
+    before = _vm_hwm_gib()
+    bench.main(["--small", "--in-process", "--amp", "none", "--option-sets", "no_compile", "--workdir", str(work),
+                "--json", str(out), "--peak-tflops", "2.0"])
+    after = _vm_hwm_gib()
     result = json.loads(out.read_text())
-    assert result["device"] == "cpu" and result["runs"]
-    methods = {run["method"] for run in result["runs"]}
-    assert methods == {"distill_prune", "final_distill", "distilhubert"}
+    assert result["device"] == "cpu" and result["peak_tflops"] == 2.0
+    assert [run["method"] for run in result["runs"]] == ["distill_prune", "final_distill", "distilhubert"]
+    teacher = torch.load(work / "teacher.pt", weights_only=True)["config"]
+    table = capsys.readouterr().out
+    assert "| audio s / s |" in table
+    peaks = []
     for run in result["runs"]:
+        assert "error" not in run, run
         for key in ("audio_per_s", "step_s", "split", "peak_memory_gib", "tflops_per_s", "mfu", "amp", "options"):
             assert key in run, key
-        assert run["audio_per_s"] > 0 and 0 < run["split"]["data"] + run["split"]["student"] <= 1.0
-        assert set(PHASES) <= set(run["split"])
-    assert "| audio s / s |" in capsys.readouterr().out  # the table
+        assert set(run["split"]) == set(PHASES) and 0 < sum(run["split"].values()) <= 1.0
+        assert run["split"]["student"] > 0 and run["split"]["teacher"] > 0
+        shapes = run["batch_shapes"]
+        assert run["steps"] == len(shapes) == 3  # --small: 3 timed steps, one micro-batch each
+        seconds = run["step_s"] * run["steps"]  # the timed steps' wall time
+        [model_file] = list(work.glob(f"{run['method']}_*/exp/last.pt"))  # the trained student's config
+        student = torch.load(model_file, weights_only=True)["config"]
+        # per item: teacher forward (2 FLOPs per MAC) + student forward and backward (3 x its forward)
+        flops = sum(items * 2 * (count_macs(teacher, samples / 16000)["total"]
+                                 + 3 * count_macs(student, samples / 16000)["total"]) for items, samples in shapes)
+        assert run["tflops_per_s"] == pytest.approx(flops / seconds / 1e12, rel=1e-9)
+        assert run["mfu"] == pytest.approx(run["tflops_per_s"] / 2.0, rel=1e-12)
+        audio = sum(items * samples for items, samples in shapes) / 16000
+        assert run["audio_per_s"] == pytest.approx(audio / seconds, rel=1e-9)
+        assert run["audio_s_per_step"] == pytest.approx(audio / 3, rel=1e-12)
+        assert before * 0.99 <= run["peak_memory_gib"] <= after * 1.01, (before, run["peak_memory_gib"], after)
+        peaks.append(run["peak_memory_gib"])
+        row = next(line for line in table.splitlines() if line.startswith(f"| {run['method']} | none |"))
+        assert f"| {run['tflops_per_s']:.3g} | {100 * run['mfu']:.1f}% |" in row, row
+        assert f"| {run['peak_memory_gib']:.2f} |" in row, row
+    assert peaks == sorted(peaks)  # one process: its peak never falls

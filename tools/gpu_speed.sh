@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
-# The prepared GPU measurement of training throughput (issue 15): bench/gpu_train_speed.py with every speed option
-# off and on, bf16 and fp16, Step 1, Step 2 and the DistilHuBERT-style baseline, under a time budget.
+# Training throughput on one GPU: bench/gpu_train_speed.py with every speed option off and on, bf16 and fp16,
+# Step 1, Step 2 and the DistilHuBERT-style baseline, under a time budget (bench/README.md).
 #
-#   tools/gpu_speed.sh --fetch-wheels   # here, once (no GPU needed): wheels of the packages the GPU image lacks
-#                                       # (soundfile, cffi, pycparser, kaldiio; Python 3.12) into .whl/
-#   tools/gpu_speed.sh                  # on the GPU machine: ~6 minutes (runs past GPU_SPEED_BUDGET s are skipped)
-#   tools/gpu_speed.sh --cpu            # the same pipeline here on CPU with tiny shapes (proves it end to end)
+#   tools/gpu_speed.sh [--out DIR]          # on a machine with a CUDA GPU: ~6 minutes (runs that would start
+#                                           # after GPU_SPEED_BUDGET seconds, default 330, are skipped)
+#   tools/gpu_speed.sh --cpu [--out DIR]    # the same pipeline on CPU with tiny shapes (checks it end to end)
+#   tools/gpu_speed.sh --fetch-wheels       # once, where pip can download: wheels of soundfile, cffi, pycparser
+#                                           # and kaldiio (Python 3.12) into .whl/, for a GPU image that has
+#                                           # torch but lacks them (they are then installed from .whl/)
 #
-# From a session with the device tool: run(command="PYTHONUNBUFFERED=1 tools/gpu_speed.sh", carry=[".whl"],
-# timeout_s=480). Writes gpu_speed.json, gpu_speed.md and gpu_speed.log under $OUT (the device tool's output
-# folder) or bench/out/; the JSON and table are rewritten after every run, so a run stopped early keeps what it did.
+# Writes gpu_speed.json, gpu_speed.md (the table) and gpu_speed.log under DIR (default bench/out); the JSON and the
+# table are rewritten after every run, so a run stopped early keeps what it did. PYTHON=... selects the
+# interpreter (default: .venv/bin/python with --cpu, else python3).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "${root}"
+usage="usage: tools/gpu_speed.sh [--cpu] [--out DIR] | --fetch-wheels | --help"
 mode=gpu
-case "${1:-}" in
-    "") ;;
-    --cpu) mode=cpu ;;
-    --fetch-wheels) mode=fetch ;;
-    *) echo "usage: tools/gpu_speed.sh [--cpu | --fetch-wheels]" >&2; exit 2 ;;
-esac
+out=bench/out
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cpu) mode=cpu ;;
+        --fetch-wheels) mode=fetch ;;
+        --out)
+            [ $# -ge 2 ] && [ -n "$2" ] || { echo "tools/gpu_speed.sh: --out needs a directory; ${usage}" >&2; exit 2; }
+            out=$2
+            shift ;;
+        --out=*) out=${1#--out=} ;;
+        -h|--help) echo "${usage}"; awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) echo "tools/gpu_speed.sh: unknown argument '$1'; ${usage}" >&2; exit 2 ;;
+    esac
+    shift
+done
 
 if [ "${mode}" = fetch ]; then
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -29,23 +41,25 @@ if [ "${mode}" = fetch ]; then
     exit 0
 fi
 
-out=${OUT:-bench/out}
 mkdir -p "${out}"
 if [ -n "${PYTHON:-}" ]; then
     python=${PYTHON}
 elif [ "${mode}" = cpu ] && [ -x .venv/bin/python ]; then
     python=.venv/bin/python
 else
-    python=python3  # the GPU image's, with torch
+    python=python3  # the GPU machine's, with torch
 fi
 if ! ${python} -c "import soundfile, kaldiio" 2>/dev/null; then
     if [ ! -d .whl ]; then
-        echo "tools/gpu_speed.sh: ${python} lacks soundfile/kaldiio and there is no .whl/; run tools/gpu_speed.sh" \
-             "--fetch-wheels here first and carry .whl" >&2
+        echo "tools/gpu_speed.sh: ${python} lacks soundfile/kaldiio and there is no .whl/; run" \
+             "tools/gpu_speed.sh --fetch-wheels where pip can download, and copy .whl/ here" >&2
         exit 1
     fi
-    ${python} -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
+    # Installed for this run only, into a scratch dir removed at the end.
+    site=$(mktemp -d "${TMPDIR:-/tmp}/gpu_speed_site.XXXXXX")
+    trap 'rm -rf "${site}"' EXIT
+    ${python} -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "${site}" .whl/*.whl
+    export PYTHONPATH=${site}
 fi
 export PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}"
 
@@ -57,7 +71,7 @@ log="${out}/gpu_speed.log"
         args=(--time-budget "${GPU_SPEED_BUDGET:-330}")
     else
         args=(--small --device cpu)
-        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a shared 2-core machine
+        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     fi
     ${python} bench/gpu_train_speed.py "${args[@]}" \
         --json "${out}/gpu_speed.json" --markdown "${out}/gpu_speed.md"

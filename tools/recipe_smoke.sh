@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI's smoke test of a new corpus recipe, done as README's "Your own corpus" says (make recipe-smoke, ~2 minutes):
+# CI's smoke test of a new corpus recipe, done as docs/recipes.md's "Your own corpus" says (make recipe-smoke, ~3 min):
 #   1. egs/TEMPLATE/setup.sh makes a recipe in a scratch dir; only db.sh, local/data.sh and the run length in the
 #      shipped conf/*.yaml are edited, as a user does;
 #   2. the "downloaded corpus" is espeak-ng speech (22.05 kHz wav files, so the recipe runs with --resample true) in
@@ -40,7 +40,7 @@ config = HubertConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=4
 HubertModel(config).save_pretrained(sys.argv[1])
 EOF
 
-# ---- the recipe, made and edited as README says ----
+# ---- the recipe, made and edited as docs/recipes.md says ----
 "${root}/egs/TEMPLATE/setup.sh" "${recipe}"
 cd "${recipe}"
 sed -i "s|^MYCORPUS=.*|MYCORPUS=${corpus}|; s|^TEACHER=.*|TEACHER=${work}/hubert_tiny|" db.sh

@@ -41,7 +41,7 @@ DYNAMIC_AXES = {
 }
 OPSET = 17
 PRECISIONS = ("fp32", "int8")
-DEFAULT_INT8_CNN_CONVS = 6  # all of a wav2vec 2.0-family CNN (README "Deployment": speed and KS accuracy per count)
+DEFAULT_INT8_CNN_CONVS = 6  # all of a wav2vec 2.0-family CNN (bench/README.md: speed and KS accuracy per count)
 
 
 def check_writable(out: Union[str, Path]) -> Path:
@@ -64,8 +64,8 @@ def export_onnx(model: Wav2Vec2Model, out: Union[str, Path], layers: Optional[Se
 
     ``int8_cnn_convs`` (int8 only; default all of them, at most ``DEFAULT_INT8_CNN_CONVS``): how many CNN convs
     after the first run as int8 products. Each makes the file faster; with one activation scale per 4 output
-    frames each is 0.5-0.8% off on the demo's test speech, about what its 7-bit weights cost (README
-    "Deployment").
+    frames each is 0.5-0.8% off on the demo's test speech, about what its 7-bit weights cost (bench/README.md,
+    "Accuracy of the deployed model").
     """
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of {PRECISIONS} (--quantize int8 or none)")
@@ -116,11 +116,11 @@ def quantize_int8(fp32_path: Union[str, Path], out: Union[str, Path]) -> None:
 
 
 def quantize_dynamic_int8(fp32_path: Union[str, Path], out: Union[str, Path]) -> None:
-    """onnxruntime's ``quantize_dynamic`` with this project's settings (``quantize_int8`` finishes the file).
+    """onnxruntime's ``quantize_dynamic`` with the settings of our int8 files (``quantize_int8`` finishes the file).
 
-    ``reduce_range``: 7-bit weights. Without it, CPUs lacking VNNI (AVX2 only, e.g. an AMD EPYC machine of this
-    project's CI) saturate the u8 x s8 products of onnxruntime's int8 kernels: a Base-shaped model drifted 2.8e-2
-    (relative L2) there, 3.4e-3 with it, at the same speed. The file may run on any CPU, so it is always made
+    ``reduce_range``: 7-bit weights. Without it, CPUs lacking VNNI (AVX2 only, e.g. an AMD EPYC without AVX-512)
+    saturate the u8 x s8 products of onnxruntime's int8 kernels: a Base-shaped model drifted 2.8e-2 (relative L2)
+    on such a CPU, 3.4e-3 with it, at the same speed. The file may run on any CPU, so it is always made
     safe."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

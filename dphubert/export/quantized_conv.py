@@ -1,22 +1,22 @@
 """The CNN's strided convs as int8 matrix products in the exported graph (the int8 file only).
 
 onnxruntime's dynamic quantisation leaves a ``Conv`` in fp32 (its ``ConvInteger`` ran 7x slower than the fp32
-conv on this project's Xeon), and the CNN is most of a compressed model's time. Here each conv after the first
+conv on a 2-core Intel Xeon), and the CNN is most of a compressed model's time. Here each conv after the first
 runs frames-major as
 
     per-chunk scales  ->  QuantizeLinear (per chunk)  ->  im2col on the uint8 tensor  ->  MatMulIntegerToFloat
     (columns, W_int8)  ->  * chunk scale + chunk shift
 
 The activations get one scale per chunk of ``INT8_ROWS_PER_SCALE`` output frames (its input frames and the
-``kernel - stride`` frames after them, asymmetric uint8 over [GELU_MIN, the chunk's max]). One scale per tensor,
-which an earlier version used (ONNX's ``DynamicQuantizeLinear``), is set by speech's peaks: the conv inputs'
-range is 25-44x their RMS and each int8 conv added 1-2% error on the demo's test speech, 6 of them 34% on the last
-state; per chunk of 4 frames each is 0.5-0.8% off, about what its 7-bit weights cost alone (0.4-0.6%). Chunks
-start at each item's first frame and padding frames never set a scale, so an item of a padded batch is quantised
-as it is alone; the caller pads the frames to whole chunks (``TraceableEncoder._pad_for_chunks``). Weights are
-int8, symmetric, one scale per output channel, 7-bit range (as ``quantize_int8``'s ``reduce_range``: no u8 x s8
-saturation on CPUs without VNNI). The first conv stays fp32: it reads one channel, so int8 buys nothing, and the
-group norm after it would amplify its rounding in channels of small variance.
+``kernel - stride`` frames after them, asymmetric uint8 over [GELU_MIN, the chunk's max]). One scale per tensor
+(ONNX's ``DynamicQuantizeLinear``) would be set by speech's peaks: the conv inputs' range is 25-44x their RMS, and
+with it each int8 conv added 1-2% error on the demo's test speech, 6 of them 34% on the last state; per chunk of 4
+frames each is 0.5-0.8% off, about what its 7-bit weights cost alone (0.4-0.6%). Chunks start at each item's first
+frame and padding frames never set a scale, so an item of a padded batch is quantised as it is alone; the caller
+pads the frames to whole chunks (``TraceableEncoder._pad_for_chunks``). Weights are int8, symmetric, one scale per
+output channel, 7-bit range (as ``quantize_int8``'s ``reduce_range``: no u8 x s8 saturation on CPUs without VNNI).
+The first conv stays fp32: it reads one channel, so int8 buys nothing, and the group norm after it would amplify
+its rounding in channels of small variance.
 
 The ops are written with ``torch.autograd.Function.symbolic`` (the TorchScript exporter emits them as they are);
 their ``forward`` computes the same arithmetic in PyTorch, which the trace needs for shapes.
@@ -62,7 +62,7 @@ class MatMulIntegerToFloat(torch.autograd.Function):
         return out
 
 
-INT8_ROWS_PER_SCALE = 4  # output frames per activation scale (README "Deployment": accuracy and speed)
+INT8_ROWS_PER_SCALE = 4  # output frames per activation scale (bench/README.md: accuracy and speed)
 GELU_MIN = -0.17  # GELU(x) >= -0.16997: every conv after the first reads a GELU's output
 
 

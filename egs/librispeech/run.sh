@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LibriSpeech, the paper's setting: HuBERT Base -> sparsity 0.75 on train960 (METHOD.md section 8).
+# LibriSpeech, the paper's setting: HuBERT Base -> sparsity 0.75 on train960 (docs/method.md).
 #     ./run.sh                                   # HuBERT Base, stages 0-5
 #     ./run.sh --config conf/wavlm_base_plus.sh  # WavLM Base+ teacher
 #     ./run.sh --config conf/hubert_large.sh     # HuBERT Large teacher
