@@ -9,6 +9,8 @@ target's DPHuBERT model, each target's DistilHuBERT-style baseline (trained to t
 FBANK when stage 5 evaluated it -- on each task's headline metric against parameters, MACs (10 s of audio) and the
 CPU latency measured here (one forward of ``latency_seconds`` of audio, medians of interleaved repeats, so that
 the ratios to the teacher hold on a busy machine; cached in ``latency.json`` while the model files stay the same).
+With the recipe's ``--seeds`` every seed's run is a point, and the report adds stage 5's summary over seeds (each
+family's mean and spread, DPHuBERT vs its baseline over seeds and test utterances).
 Metric values and their 95% intervals come from stage 5's ``results.json`` (``results[model][task]["ci95"]`` where
 it has them); a comparison inside the intervals is a tie.
 """
@@ -22,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from dphubert.superb.seeds import markdown as seed_lines
 
 BUDGETS = ("params", "macs", "params+macs")
 _TARGET = re.compile(r"^[0-9]*\.?[0-9]+$")
@@ -100,17 +104,21 @@ class Point:
     metrics: Dict[str, Tuple[float, Optional[Tuple[float, float]]]] = field(default_factory=dict)
 
 
-def sweep_points(prefix: str, targets: Sequence[Target], teacher: Path, exp_root: Path) -> List[Point]:
-    """The teacher and, per target that finished stage 4, its DPHuBERT model and (if trained) its baseline."""
+def sweep_points(prefix: str, targets: Sequence[Target], teacher: Path, exp_root: Path,
+                 seeds: Sequence[int] = ()) -> List[Point]:
+    """The teacher and, per target (and seed) that finished stage 4, its DPHuBERT model and (if trained) its
+    baseline; with ``seeds`` the runs are ``exp/<tag>_seed<N>`` and the models ``<tag>_seed<N>``,
+    ``<tag>_distilhubert_seed<N>``."""
     points = [Point("teacher", "teacher", str(teacher))]
     for target in targets:
         tag = target_tag(prefix, target)
-        final = exp_root / tag / "final" / "model.pt"
-        if final.is_file():
-            points.append(Point(tag, "dphubert", str(final), target))
-        baseline = exp_root / tag / "distilhubert" / "model.pt"
-        if baseline.is_file():
-            points.append(Point(f"{tag}_distilhubert", "distilhubert", str(baseline), target))
+        for suffix in [f"_seed{s}" for s in seeds] or [""]:
+            final = exp_root / f"{tag}{suffix}" / "final" / "model.pt"
+            if final.is_file():
+                points.append(Point(f"{tag}{suffix}", "dphubert", str(final), target))
+            baseline = exp_root / f"{tag}{suffix}" / "distilhubert" / "model.pt"
+            if baseline.is_file():
+                points.append(Point(f"{tag}_distilhubert{suffix}", "distilhubert", str(baseline), target))
     return points
 
 
@@ -229,7 +237,8 @@ def _fmt_metric(value: Tuple[float, Optional[Tuple[float, float]]]) -> str:
 
 
 def markdown(points: Sequence[Point], tasks: Mapping[str, dict], latency_seconds: float,
-             mode: Optional[str] = None) -> str:
+             mode: Optional[str] = None, over_seeds: Optional[Mapping] = None) -> str:
+    """PARETO.md; ``over_seeds``: stage 5's summary of the seeded runs (results.json's ``seeds``)."""
     teacher = next(p for p in points if p.kind == "teacher")
     task_names = [t for t in tasks if any(t in p.metrics for p in points)]
     header = ["model", "budget:target", "params (M)", "params sparsity", "GMACs (10 s)", "MACs sparsity",
@@ -267,6 +276,7 @@ def markdown(points: Sequence[Point], tasks: Mapping[str, dict], latency_seconds
                 front = pareto_front(points, task, cost, higher)
                 if front:
                     lines.append(f"- {tasks[task].get('title', task)} vs {label.split(' (')[0]}: {', '.join(front)}")
+        lines += seed_lines(over_seeds, task_names)
     else:
         lines += ["", "No SUPERB results yet (stage 5 did not run): costs only."]
     lines += ["", "Files: pareto.png (each task's metric against params, MACs and latency), latency.json, "
@@ -350,11 +360,11 @@ def _above(p: Point, task: str) -> float:
 
 def write_report(prefix: str, targets: Sequence[Target], teacher: Path, out: Path, exp_root: Path,
                  results: Optional[Path] = None, latency_seconds: float = 4.0, latency_repeats: int = 3,
-                 log=print) -> List[Point]:
+                 log=print, seeds: Sequence[int] = ()) -> List[Point]:
     """PARETO.md, pareto.png and latency.json in ``out``; returns the points."""
     if not Path(teacher).is_file():
         raise SweepError(f"{teacher}: the teacher model file is missing; run stage 0 first")
-    points = sweep_points(prefix, targets, Path(teacher), Path(exp_root))
+    points = sweep_points(prefix, targets, Path(teacher), Path(exp_root), seeds)
     missing = [target_tag(prefix, t) for t in targets if not any(p.target == t for p in points)]
     if missing:
         log(f"[sweep] not finished (no final/model.pt), left out of the report: {', '.join(missing)}")
@@ -365,8 +375,8 @@ def write_report(prefix: str, targets: Sequence[Target], teacher: Path, out: Pat
     tasks = attach_results(points, data)
     measure_latency(points, Path(out) / "latency.json", latency_seconds, latency_repeats, log=log)
     Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "PARETO.md").write_text(markdown(points, tasks, latency_seconds, data.get("settings", {}).get("mode")),
-                                         encoding="utf-8")
+    text = markdown(points, tasks, latency_seconds, data.get("settings", {}).get("mode"), data.get("seeds"))
+    (Path(out) / "PARETO.md").write_text(text, encoding="utf-8")
     png = plot(points, tasks, Path(out) / "pareto.png")
     log(f"[sweep] wrote {Path(out) / 'PARETO.md'}" + (f" and {png}" if png else " (no SUPERB results: no plot)"))
     return points

@@ -68,7 +68,7 @@ def test_macs_of_hubert_base_by_hand():
 
 
 def params_by_formula(cfg: dict) -> int:
-    """METHOD.md section 4 with the pruned config's sizes (group-norm CNN, weight-normed positional conv)."""
+    """docs/method.md's count with the pruned config's sizes (group-norm CNN, weight-normed positional conv)."""
     total, previous = 0, 1
     for i, (channels, kernel, _) in enumerate(cfg["extractor_conv_layer_config"]):
         total += previous * channels * kernel + (2 * channels if i == 0 else 0)  # GroupNorm of the first layer

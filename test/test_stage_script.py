@@ -200,3 +200,44 @@ def test_a_killed_forced_stage3_is_resumed_by_a_plain_rerun(tmp_path):
     resumed = torch.load(exp / "last.pt", weights_only=True)["state_dict"]
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)  # as if never killed
+
+
+def test_seeds_train_each_run_and_evaluate_them_together(recipe):
+    """--seeds: stages 3-4 once per seed in exp/<tag>_seed<N> with that seed, stage 5 once over all of them."""
+    _, calls = run(recipe, "--seeds", "3 1", "--baseline", "true", "--superb_tasks", "ks", stop_stage=5)
+    for seed in (3, 1):
+        for module, exp in (("distill_prune", f"exp/x_seed{seed}"), ("final_distill", f"exp/x_seed{seed}/final"),
+                            ("distilhubert", f"exp/x_seed{seed}/distilhubert")):
+            call = next(c.split() for c in calls if f"dphubert.bin.{module} " in c + " " and f"--exp {exp} " in c + " ")
+            assert call[call.index("--seed") + 1] == str(seed), (module, call)
+    stage5 = [c for c in calls if "superb_stage" in c]
+    assert len(stage5) == 1
+    models = stage5[0].split("--models ")[1].split(" --out ")[0].split()
+    assert models == ["teacher=exp/teacher/teacher.pt", "dphubert_seed3=exp/x_seed3/final/model.pt",
+                      "distilhubert_seed3=exp/x_seed3/distilhubert/model.pt", "dphubert_seed1=exp/x_seed1/final/model.pt",
+                      "distilhubert_seed1=exp/x_seed1/distilhubert/model.pt"]
+    assert "--out exp/x/superb" in stage5[0]
+    # A rerun skips the finished seeds.
+    result, calls = run(recipe, "--seeds", "3 1", stop_stage=4)
+    assert training_calls(calls) == [] and "skipped" in result.stderr
+    # Without --seeds: one run in exp/<tag>, no --seed given (the configs' seed).
+    _, calls = run(recipe, stop_stage=3)
+    assert all("--seed" not in c.split() for c in training_calls(calls))
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--seeds", "1 x"), "--seeds must be non-negative integers"),
+    (("--seeds", "1 2 1"), "names a seed twice"),
+    (("--seeds", "1 2", "--seed", "3"), "both given"),
+    (("--seed", "-1"), "--seed must be a non-negative integer"),
+])
+def test_bad_seeds_are_refused_before_any_stage(recipe, args, message):
+    result, calls = run(recipe, *args, check=False)
+    assert result.returncode != 0 and message in result.stderr and calls == []
+
+
+def test_stage5_with_seeds_needs_every_seeds_model(recipe):
+    run(recipe, "--seeds", "1", stop_stage=4)
+    result, calls = run(recipe, "--seeds", "1 2", "--superb_tasks", "ks", stage=5, stop_stage=5, check=False)
+    assert result.returncode != 0 and "exp/x_seed2/final/model.pt is missing" in result.stderr
+    assert '--seeds "1 2"' in result.stderr and not any("superb_stage" in c for c in calls)

@@ -40,7 +40,7 @@ def test_the_demo_sweep_setting_parses_and_runs_baselines_only_where_they_fit():
     out = subprocess.run(["bash", "-c", '. conf/sweep.sh && echo "${targets}|${baseline}|${superb_tasks}"'],
                          cwd=REPO / "egs" / "demo", capture_output=True, text=True, check=True).stdout.strip()
     targets, baseline, tasks = out.split("|")
-    assert [t.name for t in parse_targets(targets)] == ["params0.72", "params0.84", "macs0.5", "macs0.7"]
+    assert [t.name for t in parse_targets(targets)] == ["params0.75", "params0.84", "macs0.5", "macs0.7"]
     assert baseline == "auto" and tasks == "ks pr"
 
 

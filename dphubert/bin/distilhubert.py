@@ -1,12 +1,20 @@
-"""The DistilHuBERT baseline: pure distillation into a shallow student of a given size.
+"""The DistilHuBERT baseline: pure distillation into a shallow student of a given size, trained as s3prl trains
+DistilHuBERT (``s3prl/pretrain/distiller``, ``s3prl/upstream/distiller``).
 
-Student: the teacher's CNN and first N transformer layers (initialised from the teacher); prediction heads (one
-linear layer per predicted teacher layer, default every third: 4, 8, 12 for Base) on the last student layer;
-loss per head L1 - log sigmoid(cos), heads averaged. The student is sized to a parameter budget (heads
+Student: s3prl's distiller: the teacher's CNN, feature projection (without the LayerNorm before it), positional
+conv and first N transformer layers copied, the encoder LayerNorm fresh, dropout 0.1, no LayerDrop. Prediction
+heads on the last student layer for the teacher layers ``pred_layers`` (default every third: 4, 8, 12 for Base):
+``head_type: mlp`` is s3prl's Linear(dim, dim x heads) -> GELU -> a Linear per head. Loss per head L1 - log
+sigmoid(cos), heads averaged. The CNN's gradient is scaled by ``feature_grad_mult`` (0.1); AdamW with betas
+(0.9, 0.98), eps 1e-6, weight decay 0.01 on every tensor but the biases, gradient clipping at 5, a 7% warmup then
+linear decay (the defaults of this method). Ours, not s3prl's: the student is sized to a parameter budget (heads
 excluded): ``--target-params N`` or ``--match exp/<tag>/pruned.pt`` (the DPHuBERT student's count). N is the
 largest number of full layers that fits; if more than 1% of the budget is left, one more layer and an FFN width
 (the same for every layer, its first units copied from the teacher) that fills it. ``num_layers`` /
 ``ffn_width`` in the config fix them instead; without a budget the student has 2 layers (DistilHuBERT's).
+SUPERB evaluates the student's encoder states (its transformer input and every layer); s3prl's distiller upstream
+also appends the heads' predictions to its hidden states, which would make the baseline larger than the size it
+is matched to.
 
 Usage::
 
@@ -93,8 +101,9 @@ def build_task(cfg, teacher, args) -> DistilHubertTask:
     if any(not 1 <= x <= teacher.num_layers for x in pred_layers) or len(set(pred_layers)) != len(pred_layers):
         raise DistillConfigError(f"pred_layers {pred_layers} must be distinct layers in 1..{teacher.num_layers}")
     check_teacher_student(teacher, student, list(pred_layers), student_layers=[num_layers])
-    heads = PredictionHeads(pred_layers, student.config["encoder_embed_dim"], teacher.config["encoder_embed_dim"])
-    return DistilHubertTask(student, heads, loss_weights(cfg))
+    heads = PredictionHeads(pred_layers, student.config["encoder_embed_dim"], teacher.config["encoder_embed_dim"],
+                            cfg["head_type"])
+    return DistilHubertTask(student, heads, loss_weights(cfg), cfg["feature_grad_mult"])
 
 
 def _main(argv: Optional[List[str]] = None) -> None:

@@ -3,7 +3,7 @@
 The student starts as a copy of the teacher with HardConcrete gates on the unit kinds of ``prune_units``
 (conv channels, attention heads, FFN units, ...). Loss: layer-to-layer distillation (student layer i, through a
 linear projection initialised to the identity, regresses teacher layer i with L1 - cosine) plus the Lagrangian
-regulariser that drives the expected sparsity to ``target_sparsity`` (METHOD.md sections 5, 6, 8). ``budget``
+regulariser that drives the expected sparsity to ``target_sparsity`` (docs/method.md). ``budget``
 says of what: parameters (``params``, the paper), MACs for 10 s of audio (``macs``) or both (``params+macs``,
 the MACs target in ``macs_target_sparsity``); both sparsities are logged whatever the budget.
 
@@ -65,7 +65,8 @@ def build_task(cfg, teacher, args) -> LayerDistillTask:
     projections = LayerProjections(layers, groups, dim_s, dim_t)
     regularizer = LagrangianRegularizer(teacher_params, cfg["target_sparsity"], cfg["sparsity_warmup_steps"],
                                         budget=budget, teacher_macs=teacher_macs,
-                                        macs_target_sparsity=cfg["macs_target_sparsity"])
+                                        macs_target_sparsity=cfg["macs_target_sparsity"],
+                                        multiplier_reset=cfg["multiplier_reset"])
     return LayerDistillTask(student, projections, loss_weights(cfg), regularizer, method=METHOD, layer0=cfg["layer0"])
 
 

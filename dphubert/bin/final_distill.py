@@ -4,6 +4,7 @@ The projections of Step 1 are carried over from the pruned file's ``distill_line
 groups from its ``distill`` entry; released DPHuBERT files without it use the default layers and share the
 projections whose weights are equal). Layer 0 is what Step 1 used (``distill.layer0``; ``transformer_input`` for
 files without it), unless ``layer0`` is set: the released files were trained with ``--layer0 projection``.
+The student trains without LayerDrop (as in the paper) unless ``student_overrides`` sets ``encoder_layer_drop``.
 
 Usage::
 
@@ -24,7 +25,7 @@ from typing import List, Optional
 from dphubert.distill.cli import check_teacher_student, run_cli, run_training, training_parser
 from dphubert.distill.errors import TeacherMismatchError
 from dphubert.distill.projections import LayerProjections
-from dphubert.distill.students import apply_overrides, load_pruned_student
+from dphubert.distill.students import apply_overrides, load_pruned_student, without_layer_drop
 from dphubert.distill.tasks import LayerDistillTask, loss_weights
 from dphubert.models import Wav2Vec2Model
 
@@ -40,8 +41,9 @@ def get_parser():
 
 def build_task(cfg, teacher, args) -> LayerDistillTask:
     student, projs_state, meta = load_pruned_student(args.student, args.trust_checkpoint)
-    if cfg["student_overrides"]:
-        rebuilt = Wav2Vec2Model(apply_overrides(student.config, cfg["student_overrides"]))
+    config = apply_overrides(student.config, without_layer_drop(cfg["student_overrides"]))
+    if config != student.config:
+        rebuilt = Wav2Vec2Model(config)
         rebuilt.load_state_dict(student.state_dict())
         student = rebuilt.train()
     projections = LayerProjections.from_per_layer_state(projs_state, meta.get("layers"), meta.get("groups"),

@@ -40,6 +40,8 @@ def get_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", type=Path, default=None, help="stage 5's results.json of the sweep's models")
     report.add_argument("--latency-seconds", type=float, default=4.0, help="audio per timed CPU forward")
     report.add_argument("--latency-repeats", type=int, default=3, help="interleaved repeats (medians)")
+    report.add_argument("--seeds", default="", help='the runs\' seeds, e.g. "1 2 3" (exp/<tag>_seed<N>); '
+                                                    'empty: one run per target')
     return parser
 
 
@@ -73,8 +75,12 @@ def run(args) -> None:
         return
     if args.teacher is None:
         raise SweepError("report needs --teacher (the teacher model file)")
+    try:
+        seeds = [int(s) for s in args.seeds.split()]
+    except ValueError:
+        raise SweepError(f"--seeds '{args.seeds}': expected integers separated by spaces, e.g. \"1 2 3\"") from None
     write_report(args.prefix, targets, args.teacher, args.out, args.exp_root, args.results, args.latency_seconds,
-                 args.latency_repeats, log=lambda m: print(m, file=sys.stderr))
+                 args.latency_repeats, log=lambda m: print(m, file=sys.stderr), seeds=seeds)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

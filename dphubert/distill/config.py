@@ -52,11 +52,14 @@ OPTIONS: Dict[str, Option] = {
     "max_steps": Option("int", "optimizer steps"),
     "lr": Option("float", "peak learning rate of the main parameters (student and projections/heads)"),
     "warmup_steps": Option("int", "linear learning-rate warmup steps (then linear decay to 0 at max_steps)"),
-    "weight_decay": Option("float", "AdamW weight decay of the main parameters"),
+    "weight_decay": Option("float", "AdamW weight decay of the main parameters (distilhubert: of every tensor but "
+                                    "the biases, as s3prl)"),
+    "adam_betas": Option("list", "AdamW's (beta1, beta2)"),
+    "adam_eps": Option("float", "AdamW's epsilon"),
     "grad_clip": Option("float|null", "clip the global gradient norm to this value (null: no clipping)"),
     "accum_grad": Option("int", "batches accumulated per optimizer step"),
     "amp": Option("str", "mixed precision: none, fp16 (CUDA, with a GradScaler) or bf16", ("none", "fp16", "bf16")),
-    # speed (results equal to the plain path within float tolerance; README "Benchmarks")
+    # speed (results equal to the plain path within float tolerance; docs/training.md "Speed options")
     "defer_host_sync": Option("bool", "keep the loss terms on the device and read / check them for NaN-inf only at "
                                       "log, validation and save points (false: every step, a host sync each)"),
     "teacher_precision": Option("str", "online teacher: amp (as the student: amp's autocast, fp32 weights) or "
@@ -78,7 +81,8 @@ OPTIONS: Dict[str, Option] = {
                      ("transformer_input", "projection")),
     "projection_groups": Option("list|null", "layers sharing one linear projection, e.g. [[0], [4, 8, 12]]; "
                                              "null: layer 0 alone and the others together"),
-    "student_overrides": Option("dict", "model config keys replaced in the student (e.g. encoder_layer_drop)"),
+    "student_overrides": Option("dict", "model config keys replaced in the student (dropouts, encoder_layer_drop); "
+                                         "Steps 1 and 2 run without LayerDrop unless encoder_layer_drop is set here"),
     # pruning (distill_prune)
     "prune_units": Option("list", f"gated unit kinds, any of {sorted(PRUNE_UNITS)}"),
     "budget": Option("str", "what the target constrains: params (1 - params / teacher params, the paper), macs "
@@ -89,7 +93,11 @@ OPTIONS: Dict[str, Option] = {
     "macs_target_sparsity": Option("float|null", "budget params+macs only: final target 1 - MACs / teacher MACs"),
     "sparsity_warmup_steps": Option("int", "steps over which the target rises linearly from 0"),
     "reg_lr": Option("float", "learning rate of the gates' log_alpha and of the Lagrange multipliers"),
+    "multiplier_reset": Option("bool", "anti-windup: set lambda1 to 0 whenever it pushes the expected sparsity away "
+                                       "from the target (false: the paper's Lagrangian)"),
     # DistilHuBERT baseline
+    "head_type": Option("str", "prediction heads: mlp (s3prl's DistilHuBERT: Linear(dim, dim x heads) -> GELU -> a "
+                               "Linear per head) or linear (one Linear per head)", ("mlp", "linear")),
     "pred_layers": Option("list|null", "teacher layers predicted by the heads; null: every third of the depth, "
                                        "e.g. [4, 8, 12]"),
     "num_layers": Option("int|null", "transformer layers (distilhubert: of the student; null: 2, or chosen to match "
@@ -123,7 +131,7 @@ OPTIONS: Dict[str, Option] = {
 
 _COMMON = dict(
     seed=2022, min_seconds=2.0, max_seconds=15.6, batch_seconds=160.0, num_buckets=50, num_workers=4,
-    weight_decay=0.0, grad_clip=10.0, accum_grad=1, amp="none",
+    weight_decay=0.0, adam_betas=[0.9, 0.999], adam_eps=1e-8, grad_clip=10.0, accum_grad=1, amp="none",
     defer_host_sync=True, teacher_precision="amp", fused_adamw=False, compile_layers=None,
     l1_weight=1.0, cos_weight=1.0, l2_weight=0.0, cos_type="raw", student_overrides={},
     log_interval=50, save_interval=1000, keep_checkpoints=3, valid_interval=1000, valid_max_batches=None,
@@ -133,14 +141,19 @@ METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "distill_prune": dict(_COMMON, max_steps=50000, lr=2e-4, warmup_steps=15000, distill_layers=None,
                           layer0="projection", projection_groups=None, prune_units=["conv", "head", "interm"],
                           budget="params", target_sparsity=0.75, macs_target_sparsity=None,
-                          sparsity_warmup_steps=5000, reg_lr=0.02),
+                          sparsity_warmup_steps=5000, reg_lr=0.02, multiplier_reset=False),
     "final_distill": dict(_COMMON, max_steps=25000, lr=1e-4, warmup_steps=5000, layer0=None),
+    # s3prl's DistilHuBERT (pretrain/distiller): AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01 but on biases,
+    # 7% warmup, clip 5, the CNN's gradient x 0.1, MLP heads; its dropouts are the student's (students.py).
     "distilhubert": dict(_COMMON, max_steps=200000, lr=2e-4, warmup_steps=14000, cos_type="log_sig",
+                         weight_decay=0.01, adam_betas=[0.9, 0.98], adam_eps=1e-6, grad_clip=5.0,
+                         feature_grad_mult=0.1, head_type="mlp",
                          pred_layers=None, num_layers=None, ffn_width=None, target_params=None),
     # A small HuBERT (4 x 256, 128-channel CNN, positional kernel 32: 3.6M params), one iteration on MFCC k-means.
     "pretrain_hubert": dict(
         seed=1, min_seconds=1.0, max_seconds=8.0, batch_seconds=8.0, num_buckets=10, num_workers=1,
-        max_steps=400, lr=5e-4, warmup_steps=40, weight_decay=0.01, grad_clip=10.0, accum_grad=1, amp="none",
+        max_steps=400, lr=5e-4, warmup_steps=40, weight_decay=0.01, adam_betas=[0.9, 0.999], adam_eps=1e-8,
+        grad_clip=10.0, accum_grad=1, amp="none",
         num_layers=4, embed_dim=256, num_heads=4, ffn_dim=1024, cnn_channels=128, pos_conv_kernel=32,
         pos_conv_groups=16, dropout=0.0, feature_grad_mult=0.1, num_clusters=50, kmeans_iters=30,
         kmeans_max_frames=100_000, mask_prob=0.65, mask_span=10, unmasked_weight=0.0,
@@ -223,6 +236,13 @@ def _check_ranges(cfg: Dict[str, Any], method: str, source: str) -> None:
     if cfg["batch_seconds"] < cfg["max_seconds"]:
         raise DistillConfigError(f"{source}: batch_seconds ({cfg['batch_seconds']}) must be >= max_seconds "
                                  f"({cfg['max_seconds']}) so that every utterance fits a batch")
+    betas = cfg["adam_betas"]
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+        raise DistillConfigError(f"{source}: key 'adam_betas' must be two numbers in [0, 1), got {betas}")
+    if not cfg["adam_eps"] > 0:
+        raise DistillConfigError(f"{source}: key 'adam_eps' must be > 0, got {cfg['adam_eps']}")
+    if cfg.get("feature_grad_mult", 1.0) < 0:
+        raise DistillConfigError(f"{source}: key 'feature_grad_mult' must be >= 0, got {cfg['feature_grad_mult']}")
     if method == "pretrain_hubert":
         _check_pretrain(cfg, source)
     if method == "distill_prune":

@@ -6,10 +6,11 @@ layer 0 and one for {4, 8, 12}). In model files the projections are stored like 
 ``distill_linear_projs = {"<k>.weight", "<k>.bias"}`` with one entry per distilled layer ``k`` (in the order of
 ``layers``; shared entries repeated), plus ``distill = {"layers": [...], "groups": [[...], ...]}``.
 
-``PredictionHeads`` (DistilHuBERT): one linear head per predicted teacher layer, all fed the last student layer.
+``PredictionHeads`` (DistilHuBERT): one head per predicted teacher layer, all fed the last student layer.
 
-Layer 0 is the transformer input (the convention of ``Wav2Vec2Model.extract_features``: CNN, feature projection,
-positional convolution and, for post-LN models, the encoder LayerNorm), as in HF ``output_hidden_states``.
+Layer 0 is what the task's ``layer0`` says (``Wav2Vec2Model.extract_features``): the feature-projection output
+before the positional conv (``projection``, distill_prune's default, the paper's code) or the transformer input
+(``transformer_input``, HF ``output_hidden_states``'s state 0).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import DistillConfigError, TeacherMismatchError
@@ -124,13 +126,29 @@ class LayerProjections(nn.Module):
         return projections
 
 
-class PredictionHeads(nn.Module):
-    """DistilHuBERT heads: ``Linear(student_dim, teacher_dim)`` per predicted teacher layer."""
+HEAD_TYPES = ("mlp", "linear")
 
-    def __init__(self, pred_layers: Sequence[int], in_dim: int, out_dim: int):
+
+class PredictionHeads(nn.Module):
+    """DistilHuBERT heads on the last student layer, one per teacher layer of ``pred_layers``.
+
+    ``mlp`` (s3prl's DistilHuBERT, ``out_layer_type: expand-last``): ``Linear(dim, dim x N)`` -> GELU, whose k-th
+    slice of ``dim`` features feeds head k's ``Linear(dim, teacher_dim)`` (s3prl's ``SplitLinear``); ``linear``: one
+    ``Linear(dim, teacher_dim)`` per head on the last layer itself.
+    """
+
+    def __init__(self, pred_layers: Sequence[int], in_dim: int, out_dim: int, head_type: str = "mlp"):
         super().__init__()
+        if head_type not in HEAD_TYPES:
+            raise DistillConfigError(f"head_type must be one of {list(HEAD_TYPES)}, got {head_type!r}")
         self.layers = list(pred_layers)
+        self.head_type = head_type
+        self.in_dim = in_dim
+        self.expand = nn.Linear(in_dim, in_dim * len(self.layers)) if head_type == "mlp" else None
         self.heads = nn.ModuleList(nn.Linear(in_dim, out_dim) for _ in self.layers)
 
     def forward(self, last_state: Tensor) -> List[Tensor]:
-        return [head(last_state) for head in self.heads]
+        if self.expand is None:
+            return [head(last_state) for head in self.heads]
+        hidden = F.gelu(self.expand(last_state)).split(self.in_dim, dim=-1)
+        return [head(part) for head, part in zip(self.heads, hidden)]

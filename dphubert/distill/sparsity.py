@@ -6,6 +6,12 @@ With ``s_hat = 1 - E[params] / N_teacher`` (differentiable in the gates' log_alp
 (their optimizer group has ``maximize=True``) while the model and log_alpha minimise, so any gap to the target
 grows the pressure until the expected sparsity follows the target.
 
+Short runs wind up: while the expected sparsity lags the ramp, lambda1 grows (in magnitude) at the regulariser's
+learning rate every step, and once the target is reached it takes as many steps to unwind, during which it still
+pushes the sparsity past the target (a 400-step demo: 0.72 asked, 0.794 expected at the end). ``multiplier_reset``
+(off by default: the paper's dynamics) is the classic anti-windup of an integral controller: whenever lambda1 pushes
+the expected sparsity away from the target (its sign against the gap's), it is set to 0 before it is used.
+
 ``min_num_params`` is the student's size with every gated unit at zero (conv layers keep one channel: a CNN
 without channels cannot be pruned into a model), hence ``max_sparsity``; ``check_target_sparsity`` refuses a
 target above it before training starts.
@@ -59,9 +65,11 @@ class LagrangianRegularizer(nn.Module):
     """
 
     def __init__(self, teacher_num_params: int, target_sparsity: float, warmup_steps: int, budget: str = "params",
-                 teacher_macs: Optional[int] = None, macs_target_sparsity: Optional[float] = None):
+                 teacher_macs: Optional[int] = None, macs_target_sparsity: Optional[float] = None,
+                 multiplier_reset: bool = False):
         super().__init__()
         self.budget = budget
+        self.multiplier_reset = multiplier_reset
         quantities = budget_quantities(budget)
         self.teacher_num_params = int(teacher_num_params)
         self.teacher_macs = None if teacher_macs is None else int(teacher_macs)
@@ -100,6 +108,9 @@ class LagrangianRegularizer(nn.Module):
             target = target_at(step, final, self.warmup_steps)
             gap = sparsity[quantity] - target
             lambda1, lambda2 = getattr(self, f"lambda1{suffix}"), getattr(self, f"lambda2{suffix}")
+            if self.multiplier_reset:
+                with torch.no_grad():  # pushing away from the target: wound up (see the module docstring)
+                    lambda1.copy_(torch.where(lambda1 * gap < 0, torch.zeros_like(lambda1), lambda1))
             reg = reg + lambda1 * gap + lambda2 * gap * gap
             out[f"target{suffix}_sparsity"] = torch.tensor(target)
             out[f"lambda1{suffix}"] = lambda1.detach().clone()

@@ -2,8 +2,11 @@
 
 - ``gated_student``: Step 1 of DPHuBERT, a full copy of the teacher with HardConcrete gates on ``prune_units``.
 - ``load_pruned_student``: Step 2, a physically pruned model file with its ``distill_linear_projs``.
-- ``distilhubert_student``: the baseline, the teacher's CNN and first ``N`` transformer layers, with ``N`` (and,
-  if needed, one FFN width for all layers) chosen to match a parameter budget.
+- ``distilhubert_student``: the baseline as s3prl builds DistilHuBERT (``upstream/distiller/model.py``,
+  ``pretrain/distiller/pretrain_expert.py``): no LayerNorm before the feature projection; the teacher's CNN,
+  feature projection, positional conv and first ``N`` transformer layers copied, the encoder LayerNorm fresh;
+  dropouts 0.1 (attention, FFN activation, residual), none after the projection, no LayerDrop. ``N`` (and, if
+  needed, one FFN width for all layers) is chosen here to match a parameter budget: that sizing is ours.
 """
 
 from __future__ import annotations
@@ -45,10 +48,16 @@ def apply_overrides(config: Dict[str, Any], overrides: Dict[str, Any], source: s
     return config
 
 
+def without_layer_drop(overrides: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The student overrides of Steps 1 and 2: no LayerDrop unless they set ``encoder_layer_drop`` (the paper's
+    distillation forward runs every layer; the teacher's rate, 0.05 for fairseq Base models, is not copied)."""
+    return {"encoder_layer_drop": 0.0, **(overrides or {})}
+
+
 def gated_student(teacher: Wav2Vec2Model, prune_units, overrides: Optional[Dict[str, Any]] = None) -> Wav2Vec2Model:
     """A copy of ``teacher`` with gates on ``prune_units`` (``conv``, ``head``, ``attlayer``, ``interm``,
-    ``ffnlayer``)."""
-    config = apply_overrides(teacher.config, overrides or {})
+    ``ffnlayer``); LayerDrop off unless ``overrides`` sets ``encoder_layer_drop``."""
+    config = apply_overrides(teacher.config, without_layer_drop(overrides))
     for unit, switch in PRUNE_UNITS.items():
         config[switch] = unit in prune_units
     student = Wav2Vec2Model(config)
@@ -78,9 +87,17 @@ _PER_LAYER = ("encoder_use_attention", "encoder_use_feed_forward", "encoder_ff_i
               "encoder_num_heads", "encoder_total_num_heads", "encoder_remaining_heads")
 
 
+# s3prl's distiller config (dropout, attention_dropout, activation_dropout 0.1, encoder_layerdrop 0; no dropout after
+# its post_extract_proj); student_overrides apply on top.
+DISTILLER_DROPOUTS = {"encoder_projection_dropout": 0.0, "encoder_attention_dropout": 0.1,
+                      "encoder_ff_interm_dropout": 0.1, "encoder_dropout": 0.1, "encoder_layer_drop": 0.0}
+
+
 def truncated_config(teacher_config: Dict[str, Any], num_layers: int, ffn_width: Optional[int]) -> Dict[str, Any]:
-    """The teacher's config with its first ``num_layers`` layers (FFN width ``ffn_width`` if given), no gates."""
+    """The baseline's config: the teacher's first ``num_layers`` layers (FFN width ``ffn_width`` if given), no
+    LayerNorm before the feature projection (s3prl's distiller has none), no gates."""
     config = copy.deepcopy(teacher_config)
+    config["encoder_projection_layer_norm"] = False
     config["encoder_num_layers"] = num_layers
     for key in _PER_LAYER:
         if key in config:
@@ -136,12 +153,17 @@ def plan_distilhubert(teacher: Wav2Vec2Model, target_params: Optional[int] = Non
 
 def distilhubert_student(teacher: Wav2Vec2Model, num_layers: int, ffn_width: Optional[int],
                          overrides: Optional[Dict[str, Any]] = None) -> Wav2Vec2Model:
-    """The teacher's CNN and first ``num_layers`` layers (FFNs cut to their first ``ffn_width`` units)."""
-    config = apply_overrides(truncated_config(teacher.config, num_layers, ffn_width), overrides or {})
+    """The teacher's CNN, feature projection, positional conv and first ``num_layers`` layers (FFNs cut to their
+    first ``ffn_width`` units); the encoder LayerNorm as initialised (s3prl copies every part but that one)."""
+    config = apply_overrides(truncated_config(teacher.config, num_layers, ffn_width),
+                             {**DISTILLER_DROPOUTS, **(overrides or {})})
     student = Wav2Vec2Model(config)
     source = teacher.state_dict()
     state = {}
     for key, target in student.state_dict().items():
+        if key.startswith("encoder.transformer.layer_norm."):
+            state[key] = target.clone()
+            continue
         value = source.get(key)
         if value is None:
             raise DistillError(f"cannot initialise student {key}: the teacher has no such weight")

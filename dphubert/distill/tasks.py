@@ -5,7 +5,8 @@ scalars to log}``; ``targets`` are the teacher states of ``task.teacher_layers``
 
 - ``LayerDistillTask``: DPHuBERT, student layer i -> projection -> teacher layer i; Step 1 adds the
   ``LagrangianRegularizer`` (``regularizer=None`` in Step 2). ``layer0`` says what state 0 is (on both sides).
-- ``DistilHubertTask``: DistilHuBERT, prediction heads on the last student layer.
+- ``DistilHubertTask``: DistilHuBERT as s3prl trains it: prediction heads on the last student layer, the CNN's
+  gradient scaled by ``feature_grad_mult``, weight decay on every tensor but the biases.
 """
 
 from __future__ import annotations
@@ -124,26 +125,36 @@ class LayerDistillTask(DistillTask):
 class DistilHubertTask(DistillTask):
     method = "distilhubert"
 
-    def __init__(self, student: Wav2Vec2Model, heads: PredictionHeads, weights: Dict[str, Any]):
+    def __init__(self, student: Wav2Vec2Model, heads: PredictionHeads, weights: Dict[str, Any],
+                 feature_grad_mult: float = 1.0):
         super().__init__()
         self.student = student
         self.heads = heads
         self.weights = dict(weights)
+        self.feature_grad_mult = feature_grad_mult
 
     @property
     def teacher_layers(self) -> List[int]:
         return self.heads.layers
 
+    def describe(self) -> Dict[str, Any]:
+        return dict(super().describe(), head_type=self.heads.head_type)
+
     def forward(self, waveforms: Tensor, targets: List[Tensor], step: int) -> Dict[str, Tensor]:
-        states, _ = self.student.extract_features(waveforms)
+        states, _ = self.student.extract_features(waveforms, feature_grad_mult=self.feature_grad_mult)
         loss, terms = distill_loss(self.heads(states[-1]), targets, self.teacher_layers, **self.weights)
         return dict(terms, distill=loss.detach(), loss=loss)
 
     def param_groups(self, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
-        params = list(self.student.parameters()) + list(self.heads.parameters())
-        return [{"name": "main", "params": params, "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}]
+        # s3prl decays every tensor whose name has no "bias" (its exclusion of "LayerNorm.weight" matches none of
+        # the distiller's names, so LayerNorm weights are decayed too).
+        named = list(self.student.named_parameters()) + list(self.heads.named_parameters(prefix="heads"))
+        decayed = [p for n, p in named if "bias" not in n]
+        biases = [p for n, p in named if "bias" in n]
+        return [{"name": "main", "params": decayed, "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]},
+                {"name": "bias", "params": biases, "lr": cfg["lr"], "weight_decay": 0.0}]
 
     def model_file(self) -> Dict[str, Any]:
         heads = {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()}
-        distill = {"method": self.method, "pred_layers": self.heads.layers}
+        distill = {"method": self.method, "pred_layers": self.heads.layers, "head_type": self.heads.head_type}
         return checkpoint_dict(self.student, extra={"distill_heads": heads, "distill": distill})

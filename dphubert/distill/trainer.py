@@ -20,7 +20,7 @@ the step) without writing anything more, so the last checkpoint stays the last g
 save points (no per-step host sync); the run then stops at the next such point, before anything is written after
 the bad step.
 
-Speed options (config keys, README "Benchmarks"): ``defer_host_sync``, ``fused_adamw``, ``compile_layers`` (here)
+Speed options (config keys, docs/training.md "Speed options"): ``defer_host_sync``, ``fused_adamw``, ``compile_layers`` (here)
 and ``teacher_precision`` (``OnlineTeacher``). ``timer`` (``dphubert.distill.timing.PhaseTimer``) splits each step
 into data, teacher, student (forward + backward), optimizer and logging time, for bench/gpu_train_speed.py.
 
@@ -200,7 +200,8 @@ class Trainer:
             self.model = DistributedDataParallel(
                 task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=not task.uses_all_parameters())
-        self.optimizer = torch.optim.AdamW(task.param_groups(cfg), lr=cfg["lr"], fused=cfg["fused_adamw"] or None)
+        self.optimizer = torch.optim.AdamW(task.param_groups(cfg), lr=cfg["lr"], betas=tuple(cfg["adam_betas"]),
+                                           eps=cfg["adam_eps"], fused=cfg["fused_adamw"] or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupLinearDecay(cfg["warmup_steps"], cfg["max_steps"]))
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]

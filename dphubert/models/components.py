@@ -132,16 +132,25 @@ class FeatureExtractor(nn.Module):
         return x.transpose(1, 2), lengths
 
 
+def scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """``x`` in the forward, its gradient multiplied by ``factor`` in the backward (fairseq's GradMultiply)."""
+    if factor == 1.0:
+        return x
+    return x * factor + x.detach() * (1.0 - factor)
+
+
 class FeatureProjection(nn.Module):
-    """LayerNorm + Linear from CNN channels to the transformer width.
+    """LayerNorm + Linear from CNN channels to the transformer width (``layer_norm=False``: the Linear alone, as in
+    s3prl's DistilHuBERT).
 
     ``input_scale`` (a buffer, only in physically pruned models) holds the soft gate values of the last CNN
     layer's kept channels: the gate sat before this LayerNorm, so it cannot be folded into a weight.
     """
 
-    def __init__(self, in_features: int, out_features: int, dropout: float, input_scale: bool = False):
+    def __init__(self, in_features: int, out_features: int, dropout: float, input_scale: bool = False,
+                 layer_norm: bool = True):
         super().__init__()
-        self.layer_norm = nn.LayerNorm(in_features)
+        self.layer_norm = nn.LayerNorm(in_features) if layer_norm else nn.Identity()
         self.projection = nn.Linear(in_features, out_features)
         self.dropout = nn.Dropout(dropout)
         if input_scale:

@@ -4,8 +4,10 @@ The schema is that of torchaudio's ``wav2vec2_model`` arguments with per-layer l
 ``encoder_ff_interm_features``, ``encoder_use_attention``, ``encoder_use_feed_forward``) and pruning switches.
 WavLM configs carry ``encoder_total_num_heads`` and ``encoder_remaining_heads`` (the kept original head indices
 of each layer) instead of ``encoder_num_heads``; that is how the model type is told apart.
-Our own additions: ``model_type`` (informational) and ``encoder_projection_input_scale`` (the reference code keeps
-that scale as ``feature_extractor.dummy_weight``; ``release.py`` converts both ways).
+Our own additions: ``model_type`` (informational), ``encoder_projection_input_scale`` (the reference code keeps
+that scale as ``feature_extractor.dummy_weight``; ``release.py`` converts both ways) and
+``encoder_projection_layer_norm`` (present only when false: no LayerNorm before the feature projection, as in
+s3prl's DistilHuBERT; HuBERT, wav2vec 2.0 and WavLM have one).
 """
 
 import copy
@@ -46,7 +48,10 @@ _PLAIN_ONLY = ("encoder_num_heads", "encoder_head_dim")
 _WAVLM_ONLY = ("encoder_total_num_heads", "encoder_remaining_heads", "encoder_num_buckets", "encoder_max_distance")
 # Keys some reference-code versions wrote that carry no meaning for the model.
 _IGNORED = ("use_layerwise_prune",)
-KNOWN_KEYS = set(_COMMON_DEFAULTS) | set(_PER_LAYER) | set(_PLAIN_ONLY) | set(_WAVLM_ONLY) | set(_IGNORED)
+# Written only when false, so that every config of a model with the usual LayerNorm stays as it was.
+PROJECTION_LAYER_NORM = "encoder_projection_layer_norm"
+KNOWN_KEYS = (set(_COMMON_DEFAULTS) | set(_PER_LAYER) | set(_PLAIN_ONLY) | set(_WAVLM_ONLY) | set(_IGNORED)
+              | {PROJECTION_LAYER_NORM})
 
 
 class ConfigError(ValueError):
@@ -57,6 +62,10 @@ def is_wavlm(config: Dict[str, Any]) -> bool:
     return "encoder_remaining_heads" in config
 
 
+def has_projection_layer_norm(config: Dict[str, Any]) -> bool:
+    return config.get(PROJECTION_LAYER_NORM, True)
+
+
 def normalize_config(config: Dict[str, Any], source: str = "config") -> Dict[str, Any]:
     """Fill defaults, expand per-layer scalars to lists, and validate. ``source`` names the file in errors."""
     unknown = sorted(set(config) - KNOWN_KEYS)
@@ -64,6 +73,10 @@ def normalize_config(config: Dict[str, Any], source: str = "config") -> Dict[str
         raise ConfigError(f"{source}: unknown model config key(s) {unknown}; known keys: {sorted(KNOWN_KEYS)}")
     cfg = copy.deepcopy(_COMMON_DEFAULTS)
     cfg.update(copy.deepcopy({k: v for k, v in config.items() if k not in _IGNORED}))
+    if cfg.get(PROJECTION_LAYER_NORM, True) is True:
+        cfg.pop(PROJECTION_LAYER_NORM, None)
+    elif cfg[PROJECTION_LAYER_NORM] is not False:
+        raise ConfigError(f"{source}: {PROJECTION_LAYER_NORM} must be true or false, got {cfg[PROJECTION_LAYER_NORM]!r}")
     n = cfg["encoder_num_layers"]
     wavlm = is_wavlm(cfg)
     if wavlm:

@@ -2,10 +2,13 @@
 
 One gate owns a vector ``log_alpha`` of ``n`` units. In training mode every forward draws one sample (shared by
 the whole batch and all frames); in eval mode it returns the deterministic mask that physical pruning uses:
-the expected number of zeros is rounded, those units get 0 and the survivors keep a soft value in (0, 1).
+the expected number of zeros is rounded (the paper's rule), those units get 0 and the survivors keep a soft value
+in (0, 1). A selection that meets a size budget (``dphubert.models.selection``) sets ``kept`` instead: the
+number of units to keep, the ones with the largest ``log_alpha``.
 """
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -36,6 +39,8 @@ class HardConcrete(nn.Module):
         self.log_alpha = nn.Parameter(torch.empty(n))
         # beta * log(-l / r): shifts log_alpha to the probability that a gate is non-zero.
         self._l0_shift = TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH)
+        # Units the deterministic mask keeps, set by a selection; None: the paper's rounding of the expected L0.
+        self.kept: Optional[int] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -62,14 +67,27 @@ class HardConcrete(nn.Module):
 
     @torch.no_grad()
     def num_zeros(self) -> int:
-        """How many units the deterministic mask sets to zero."""
+        """How many units the deterministic mask sets to zero (``n - kept`` when a selection set ``kept``)."""
+        if self.kept is not None:
+            return self.n - self.kept
+        return self.paper_num_zeros()
+
+    @torch.no_grad()
+    def paper_num_zeros(self) -> int:
+        """The paper's rule: the expected number of zeros, rounded."""
         return int(round(self.n - self.l0_norm().item()))
 
     def deterministic_mask(self) -> torch.Tensor:
         soft = torch.sigmoid(self.log_alpha / TEMPERATURE * EVAL_SOFTNESS)
         k = self.num_zeros()
+        if self.kept is not None:
+            # A selection may keep a unit whose soft value underflowed to 0 (log_alpha below about -70): it stays
+            # kept (pruning keeps the non-zero entries), with a negligible scale.
+            soft = soft.clamp_min(torch.finfo(soft.dtype).tiny)
         if k > 0:
-            _, smallest = torch.topk(soft.detach(), k, largest=False)
+            # The k smallest soft values; ranked by log_alpha (the same order) so that values tied in float32
+            # (saturated at 0 or 1) are still told apart.
+            _, smallest = torch.topk(self.log_alpha.detach(), k, largest=False)
             soft = soft.clone()
             soft[smallest] = 0.0
         return soft

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import components as C
-from .config import is_wavlm, normalize_config
+from .config import has_projection_layer_norm, is_wavlm, normalize_config
 from .gates import HardConcrete, gate_units
 from .macs import gated_macs
 
@@ -33,7 +33,8 @@ class Wav2Vec2Model(nn.Module):
         self.feature_extractor = _build_feature_extractor(cfg)
         embed_dim = cfg["encoder_embed_dim"]
         projection = C.FeatureProjection(cfg["extractor_conv_layer_config"][-1][0], embed_dim,
-                                         cfg["encoder_projection_dropout"], cfg["encoder_projection_input_scale"])
+                                         cfg["encoder_projection_dropout"], cfg["encoder_projection_input_scale"],
+                                         has_projection_layer_norm(cfg))
         pos_conv = C.ConvolutionalPositionalEmbedding(embed_dim, cfg["encoder_pos_conv_kernel"],
                                                       cfg["encoder_pos_conv_groups"])
         layers = [_build_layer(cfg, i) for i in range(cfg["encoder_num_layers"])]
@@ -46,13 +47,15 @@ class Wav2Vec2Model(nn.Module):
         return self.config["encoder_num_layers"]
 
     def extract_features(self, waveforms: Tensor, lengths: Optional[Tensor] = None,
-                         layer0: str = "transformer_input") -> Tuple[List[Tensor], Optional[Tensor]]:
+                         layer0: str = "transformer_input", feature_grad_mult: float = 1.0
+                         ) -> Tuple[List[Tensor], Optional[Tensor]]:
         """``waveforms``: ``(batch, samples)`` at 16 kHz; ``lengths``: valid samples per item or ``None``.
 
         Returns ``num_layers + 1`` tensors ``(batch, frames, embed_dim)`` and the valid frames per item. Items of
         a padded batch give the same states on their valid frames as when run alone. ``layer0="projection"``
         makes state 0 the feature-projection output before the positional conv (the reference DPHuBERT code's
         state 0 and its layer-0 distillation target; padded frames zeroed) instead of the transformer input.
+        ``feature_grad_mult`` scales the gradient that reaches the CNN (fairseq's and s3prl's ``feature_grad_mult``).
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}")
@@ -64,7 +67,7 @@ class Wav2Vec2Model(nn.Module):
         if self.normalize_waveform:
             waveforms = _normalize_waveforms(waveforms, lengths)
         features, out_lengths = self.feature_extractor(waveforms, lengths)
-        x = self.encoder.feature_projection(features)
+        x = self.encoder.feature_projection(C.scale_gradient(features, feature_grad_mult))
         padding_mask = None if out_lengths is None else C.lengths_to_padding_mask(out_lengths, x.size(1))
         states = self.encoder.transformer(x, padding_mask)
         if layer0 == "projection":
@@ -172,7 +175,7 @@ def _build_layer(cfg: Dict[str, Any], i: int) -> C.EncoderLayer:
     return C.EncoderLayer(attention, feed_forward, embed_dim, cfg["encoder_dropout"], cfg["encoder_layer_norm_first"])
 
 
-# ----- parameter counting (METHOD.md section 4) ----------------------------------------------------------------
+# ----- parameter counting (docs/method.md) ---------------------------------------------------------------------
 _units = gate_units
 
 
@@ -191,7 +194,9 @@ def count_params(model: Wav2Vec2Model, mode: str):
             total = total + 2 * c
         in_channels = c
     embed_dim = model.config["encoder_embed_dim"]
-    total = total + 2 * in_channels + (in_channels + 1) * embed_dim  # feature projection
+    total = total + (in_channels + 1) * embed_dim  # feature projection
+    if has_projection_layer_norm(model.config):
+        total = total + 2 * in_channels
     transformer = model.encoder.transformer
     total = total + sum(p.numel() for p in transformer.pos_conv_embed.parameters())
     total = total + sum(p.numel() for p in transformer.layer_norm.parameters())

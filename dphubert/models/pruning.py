@@ -1,6 +1,6 @@
 """Physical pruning: gates -> deterministic masks -> a smaller model with the soft mask values folded in.
 
-Exact except where a normalisation sits between a gate and the next weight (METHOD.md section 7):
+Exact except where a normalisation sits between a gate and the next weight (docs/method.md, "Physical pruning"):
 - the last CNN layer's gate precedes the feature projection's LayerNorm: its soft values are kept as the
   ``input_scale`` buffer (exact), but removing channels changes that LayerNorm's statistics (the zeros were
   counted before); the same holds for every CNN layer of a layer-norm CNN (Large models). Step 2 repairs this.
@@ -80,7 +80,8 @@ def _prune_cnn(model, cfg, state) -> None:
         proj = "encoder.feature_projection."
         keep = _mask(blocks[-1].hard_concrete).nonzero().squeeze(-1)
         for name in ("layer_norm.weight", "layer_norm.bias"):
-            state[proj + name] = state[proj + name][keep]
+            if proj + name in state:
+                state[proj + name] = state[proj + name][keep]
         state[proj + "projection.weight"] = state[proj + "projection.weight"][:, keep]
         previous = state.get(proj + "input_scale")
         state[proj + "input_scale"] = scale_in if previous is None else scale_in * previous[keep]

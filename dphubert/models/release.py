@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import CheckpointError
-from .config import PRUNE_SWITCHES, is_wavlm
+from .config import PRUNE_SWITCHES, has_projection_layer_norm, is_wavlm
 
 DUMMY_WEIGHT = "feature_extractor.dummy_weight"
 INPUT_SCALE = "encoder.feature_projection.input_scale"
@@ -86,6 +86,9 @@ def release_checkpoint(model, distill_linear_projs: Optional[Dict[str, Tensor]] 
     output projection's bias (``encoder_use_attention`` True, ``encoder_num_heads`` 0): the reference code builds
     and runs such a block, so the file stays exact.
     """
+    if not has_projection_layer_norm(model.config):
+        raise CheckpointError(f"{source}: has no LayerNorm before the feature projection (a DistilHuBERT-style "
+                              f"student), which the reference code's model cannot express; use the file as it is")
     if model.gates():
         raise CheckpointError(f"{source}: still has pruning gates, which the released layout cannot hold; prune it "
                               f"first: python -m dphubert.bin.prune --ckpt {source} --out pruned.pt")

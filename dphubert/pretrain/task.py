@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from dphubert.distill.tasks import DistillTask
 from dphubert.models import Wav2Vec2Model, base_config
 from dphubert.models.checkpoint import checkpoint_dict
+from dphubert.models.components import scale_gradient
 
 MODEL_KEYS = ("num_layers", "embed_dim", "num_heads", "ffn_dim", "cnn_channels", "pos_conv_kernel", "pos_conv_groups",
               "dropout")
@@ -72,10 +73,7 @@ class MaskedPredictionTask(DistillTask):
         """Cluster logits ``(batch, frames, clusters)`` and the mask ``(batch, frames)`` that was applied."""
         encoder = self.student
         features, _ = encoder.feature_extractor(waveforms, None)
-        grad_mult = self.cfg["feature_grad_mult"]
-        if grad_mult != 1.0:  # same value, gradient scaled (HuBERT's feature_grad_mult)
-            features = features * grad_mult + features.detach() * (1.0 - grad_mult)
-        x = encoder.encoder.feature_projection(features)
+        x = encoder.encoder.feature_projection(scale_gradient(features, self.cfg["feature_grad_mult"]))
         mask = span_mask(x.size(0), x.size(1), self.cfg["mask_prob"], self.cfg["mask_span"]).to(x.device)
         x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
         states = encoder.encoder.transformer(x, None)

@@ -168,6 +168,26 @@ def paired_difference(a: Mapping[str, bool], b: Mapping[str, bool], samples: int
     return 100.0 * float(diff.mean()), (100.0 * float(low), 100.0 * float(high))
 
 
+def item_scores(task_name: str, expdir: Path) -> Optional[Dict[str, Tuple[float, float]]]:
+    """``{test file: (numerator, denominator)}`` of the task's headline metric, so that the metric of any set of
+    utterances is ``100 * sum(numerators) / sum(denominators)``: (right, 1) for KS, SID and IC, (edit errors,
+    reference tokens) for PR and ASR; None without per-utterance files."""
+    expdir = Path(expdir)
+    if task_name in CLASSIFICATION_FILES:
+        correct = correct_per_utterance(expdir, task_name)
+        return None if correct is None else {name: (float(ok), 1.0) for name, ok in correct.items()}
+    if task_name in ("pr", "asr"):
+        split = "test" if task_name == "pr" else "test-clean"
+        for hyp, ref in ((f"{split}-hyp.ark", f"{split}-ref.ark"), (f"{split}-noLM-hyp.ark", f"{split}-noLM-ref.ark"),
+                         (f"{split}-LM-hyp.ark", f"{split}-LM-ref.ark")):
+            hyp_path, ref_path = expdir / hyp, expdir / ref
+            if hyp_path.is_file() and ref_path.is_file():
+                names = list(_read_pairs(ref_path, None))
+                errors, lengths = utterance_errors(expdir, hyp, ref)
+                return {name: (float(e), float(n)) for name, e, n in zip(names, errors, lengths)}
+    return None
+
+
 def half_width(value: float, ci95: Sequence[float]) -> float:
     """The ``+-`` printed next to ``value``: the larger distance to an end of its interval."""
     return max(value - ci95[0], ci95[1] - value)

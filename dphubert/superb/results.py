@@ -23,6 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from .errors import SuperbError
 from .intervals import beyond, half_width
+from .seeds import markdown as seed_lines
 from .tasks import TASKS, Task
 
 
@@ -131,6 +132,7 @@ def markdown(data: dict) -> str:
                      f"{_fmt(value, task, task.metric.name)}; ranking (best first): {order}")
         lines += _significance(results, task, ranking)
     lines += _pairwise(data, tasks)
+    lines += seed_lines(data.get("seeds"), [t.name for t in tasks])
     if any(failures.values()):
         lines += ["", "## Failed runs", ""]
         for name, per_task in failures.items():

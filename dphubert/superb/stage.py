@@ -16,6 +16,10 @@ that fails is reported (one line, in RESULTS.md too) and the others still run. W
 the pairs run in that many spawned worker processes (each with its own s3prl import and feature cache); the
 results are the same as one after the other (s3prl seeds every run).
 
+Models named ``<family>_seed<N>`` (the recipe's ``--seeds``) are also summarised per family: mean and spread
+over seeds, and DPHuBERT vs the DistilHuBERT baseline with an interval over both seeds and test utterances
+(``seeds``; results.json's ``seeds`` entry, RESULTS.md's "Over training seeds").
+
 Every pair's result.json also holds ``n_test`` and ``ci95`` (the 95% interval of the headline metric, from
 s3prl's per-utterance test outputs; see ``intervals``) where the task's expert writes those files.
 """
@@ -31,11 +35,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from . import corpora as corpora_mod
 from . import results as results_mod
-from . import feature_cache, intervals, running
+from . import feature_cache, intervals, running, seeds
 from .configs import quick_subsets, resolve_config, set_dotted, write_config
 from .errors import SuperbError
 from .subsets import subset_view
-from .tasks import Task
+from .tasks import TASKS, Task
 
 DONE = ".done"
 
@@ -251,6 +255,10 @@ def run_stage(models: Mapping[str, str], tasks: Sequence[Task], out: Path, corpo
         "results": results,
         "failures": {n: f for n, f in failures.items() if f},
     }
+    over_seeds = seeds.summarize(results, [t.name for t in tasks],
+                                 lambda model, task: _pair_dir(out, model, TASKS[task], None))
+    if over_seeds:
+        data["seeds"] = over_seeds
     write_report(data, out)
     return data
 

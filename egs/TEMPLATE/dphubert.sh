@@ -14,7 +14,7 @@ stage=0                 # first stage to run
 stop_stage=10000        # last stage to run
 ngpu=0                  # GPUs per node of a training job (0: CPU); >1 launches torchrun --nproc_per_node ngpu
 num_nodes=1             # nodes per training job: cmd_backend=slurm runs one job over them (srun); else run this
-                        # script on every node with --node_rank and --master_addr (README: multi-node training)
+                        # script on every node with --node_rank and --master_addr (docs/recipes.md: several GPUs and several nodes)
 node_rank=0             # without SLURM: this node's index 0..num_nodes-1 (node 0 also prunes and packages)
 master_addr=            # without SLURM: node 0's address, where torchrun's rendezvous runs
 master_port=29400       # without SLURM: the rendezvous port on node 0 (stages 3, 4 and the baseline: +0, +1, +2)
@@ -43,9 +43,13 @@ dump_teacher=false      # stage 2: dump teacher features once instead of running
 dump_layers=            # teacher layers to dump; empty: those Step 1 distils (distill_prune_config's distill_layers)
 distill_prune_config=conf/distill_prune.yaml
 distill_prune_opts=     # stage 3: extra distill_prune options, e.g. "--budget macs --target-sparsity 0.6"
-targets=                # a target sweep, e.g. "params:0.5 macs:0.75" (README: target sweeps): stages 3-4 per target
+prune_opts=             # stage 3: extra options of dphubert.bin.prune, e.g. "--selection paper"
+targets=                # a target sweep, e.g. "params:0.5 macs:0.75" (docs/recipes.md: target sweeps): stages 3-4 per target
                         # in exp/<tag>_<budget><target>, stage 5 once for all, exp/<sweep_tag>/PARETO.md
 sweep_tag=              # the sweep's dir exp/<sweep_tag> [<tag>_sweep]
+seed=                   # stages 3-4: the training seed of Step 1, Step 2 and the baseline [the configs' seed]
+seeds=                  # several training runs, e.g. "1 2 3": stages 3-4 per seed in exp/<tag>_seed<N>, stage 5 once for
+                        # all in exp/<tag>/superb with the mean, spread and paired comparison over seeds
 final_distill_config=conf/final_distill.yaml
 baseline=false          # stage 4: also train the DistilHuBERT-style baseline of the same size (auto: where one fits)
 choices_baseline="true false auto"
@@ -75,7 +79,11 @@ Options (defaults in brackets):
   --dump_layers 0,4,8,12         layers to dump [empty: the distill_layers and layer0 of --distill_prune_config]
   --distill_prune_config / --final_distill_config / --distilhubert_config FILE
   --distill_prune_opts \"...\"     extra distill_prune options (e.g. \"--budget macs --target-sparsity 0.6\")
+  --prune_opts \"...\"             extra options of the physical pruning (e.g. \"--selection paper\")
   --targets \"params:0.5 macs:0.75\"  a target sweep: one exp dir per target, then exp/<sweep_tag>/PARETO.md
+  --seed N                       training seed of stages 3-4 [the configs' seed]
+  --seeds \"1 2 3\"               train stages 3-4 once per seed (exp/<tag>_seed<N>); stage 5 reports the mean,
+                                 the spread and DPHuBERT vs the baseline over seeds and test utterances
   --baseline true|false|auto     also train the DistilHuBERT-style baseline; auto: only where one can be as
                                  small as the student (else distilhubert/NOT_BUILT.txt says why) [${baseline}]
   --superb_tasks \"ks ic ...\"     SUPERB tasks of stage 5
@@ -121,6 +129,14 @@ for _opt in resample downmix skip_bad_audio; do
         *) die "--${_opt} must be true or false, got '${!_opt}'" ;;
     esac
 done
+[ -z "${seed}" ] || [[ "${seed}" =~ ^[0-9]+$ ]] || die "--seed must be a non-negative integer, got '${seed}'"
+if [ -n "${seeds}" ]; then
+    for _s in ${seeds}; do
+        [[ "${_s}" =~ ^[0-9]+$ ]] || die "--seeds must be non-negative integers separated by spaces, e.g. \"1 2 3\"; got '${seeds}'"
+    done
+    [ "$(printf '%s\n' ${seeds} | sort | uniq -d)" = "" ] || die "--seeds '${seeds}' names a seed twice; give each once"
+    [ -z "${seed}" ] || die "--seed ${seed} and --seeds '${seeds}' both given: --seeds sets each run's seed; drop --seed"
+fi
 case "${baseline}" in
     true|false|auto) ;;
     *) die "--baseline must be true, false or auto, got '${baseline}'" ;;
@@ -252,10 +268,13 @@ if [ -n "${targets}" ]; then
                     --tag "${t_tag}" --superb_tasks "''" --distill_prune_opts "'${distill_prune_opts} ${t_opts}'"
             fi
         fi
-        models="${models} ${t_tag}=exp/${t_tag}/final/model.pt"
-        # (--baseline auto: a target whose student is smaller than any baseline has none)
-        [ "${baseline}" = false ] || [ ! -f "exp/${t_tag}/distilhubert/model.pt" ] \
-            || models="${models} ${t_tag}_distilhubert=exp/${t_tag}/distilhubert/model.pt"
+        for _s in ${seeds:-0}; do  # without --seeds: one run, no suffix
+            suffix=${seeds:+_seed${_s}}
+            models="${models} ${t_tag}${suffix}=exp/${t_tag}${suffix}/final/model.pt"
+            # (--baseline auto: a target whose student is smaller than any baseline has none)
+            [ "${baseline}" = false ] || [ ! -f "exp/${t_tag}${suffix}/distilhubert/model.pt" ] \
+                || models="${models} ${t_tag}_distilhubert${suffix}=exp/${t_tag}${suffix}/distilhubert/model.pt"
+        done
     done <<< "${plan}"
     results=
     if [ "${stop_stage}" -ge 5 ] && [ -n "${superb_tasks}" ]; then
@@ -272,10 +291,26 @@ if [ -n "${targets}" ]; then
     fi
     if [ "${stop_stage}" -ge 4 ]; then
         ${python} -m dphubert.bin.sweep report --targets "${targets}" --prefix "${tag}" --teacher "${teacher_pt}" \
-            --out "${sweep_dir}" ${results}
+            --out "${sweep_dir}" ${seeds:+--seeds "${seeds}"} ${results}
         log "Sweep: ${sweep_dir}/PARETO.md and pareto.png"
     fi
     exit 0
+fi
+
+# ---- several seeds (--seeds): this script again per seed for stages 3-4, then stage 5 here over all of them ----
+if [ -n "${seeds}" ]; then
+    again_seeds() { eval "./dphubert.sh ${_orig_args} --seeds '' $*"; }
+    if [ "${stage}" -le 2 ]; then
+        again_seeds --stop_stage $(( stop_stage < 2 ? stop_stage : 2 ))
+    fi
+    if [ "${stop_stage}" -ge 3 ] && [ "${stage}" -le 4 ]; then
+        for _s in ${seeds}; do
+            log "Seeds: stages 3-4 of seed ${_s} -> exp/${tag}_seed${_s}"
+            again_seeds --stage $(( stage > 3 ? stage : 3 )) --stop_stage $(( stop_stage < 4 ? stop_stage : 4 )) \
+                --tag "${tag}_seed${_s}" --seed "${_s}" --superb_tasks "''"
+        done
+    fi
+    stage=$(( stage > 5 ? stage : 5 ))  # stages 0-4 ran above; stage 5 (below) evaluates every seed's models
 fi
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
@@ -365,11 +400,12 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
         ${cuda_cmd} $(train_opts) "$(train_log distill_prune)" \
             $(launcher distill_prune 0) -m dphubert.bin.distill_prune --config "${distill_prune_config}" \
             --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
-            --exp "${expdir}" ${feats} ${audio_opts} ${distill_prune_opts} $(resume_flag "${expdir}")
+            --exp "${expdir}" ${feats} ${audio_opts} ${seed:+--seed ${seed}} ${distill_prune_opts} \
+            $(resume_flag "${expdir}")
         if [ "${node_rank}" -eq 0 ]; then
             log "Stage 3: physical pruning -> ${expdir}/pruned.pt"
             ${python} -m dphubert.bin.prune --ckpt "${expdir}/last.pt" --out "${expdir}/pruned.pt" \
-                --teacher "${teacher_pt}" 2>&1 | tee "${logdir}/prune.log"
+                --teacher "${teacher_pt}" ${prune_opts} 2>&1 | tee "${logdir}/prune.log"
         fi
         mark_done "${expdir}" 3
     fi
@@ -391,7 +427,8 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
         ${cuda_cmd} $(train_opts) "$(train_log final_distill)" \
             $(launcher final_distill 1) -m dphubert.bin.final_distill --config "${final_distill_config}" \
             --student "${expdir}/pruned.pt" --teacher "${teacher_pt}" --data "data/${train_set}" \
-            --valid "data/${valid_set}" --exp "${expdir}/final" ${audio_opts} $(resume_flag "${expdir}/final")
+            --valid "data/${valid_set}" --exp "${expdir}/final" ${audio_opts} ${seed:+--seed ${seed}} \
+            $(resume_flag "${expdir}/final")
         if [ "${node_rank}" -eq 0 ]; then
             ${python} -m dphubert.bin.package --model "${expdir}/final/last.pt" --teacher "${teacher_pt}" \
                 --out "${expdir}/final/model.pt" --release-out "${expdir}/final/model_release.pth"
@@ -405,6 +442,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
                 $(launcher distilhubert 2) -m dphubert.bin.distilhubert --config "${distilhubert_config}" \
                 --teacher "${teacher_pt}" --data "data/${train_set}" --valid "data/${valid_set}" \
                 --match "${expdir}/pruned.pt" --exp "${expdir}/distilhubert" ${audio_opts} ${if_possible} \
+                ${seed:+--seed ${seed}} \
                 $(resume_flag "${expdir}/distilhubert")
             if [ -f "${expdir}/distilhubert/NOT_BUILT.txt" ]; then
                 log "Stage 4: no baseline for this student (--baseline auto):" \
@@ -422,10 +460,16 @@ fi
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${superb_tasks}" ]; then
     stage_started
-    { [ -f "${expdir}/final/model.pt" ] && [ -f "${expdir}/.done.4" ]; } \
-        || die "${expdir}/final/model.pt is missing or stage 4 did not finish (no ${expdir}/.done.4): run stage 4 first"
-    models="teacher=${teacher_pt} dphubert=${expdir}/final/model.pt"
-    [ -f "${expdir}/distilhubert/model.pt" ] && models="${models} distilhubert=${expdir}/distilhubert/model.pt"
+    models="teacher=${teacher_pt}"
+    for _s in ${seeds:-0}; do  # without --seeds: one run, no suffix
+        suffix=${seeds:+_seed${_s}}
+        run_dir=exp/${tag}${suffix}
+        { [ -f "${run_dir}/final/model.pt" ] && [ -f "${run_dir}/.done.4" ]; } \
+            || die "${run_dir}/final/model.pt is missing or stage 4 did not finish (no ${run_dir}/.done.4): run" \
+                "stages 3-4 first (./run.sh --stage 3${seeds:+ --seeds \"${seeds}\"})"
+        models="${models} dphubert${suffix}=${run_dir}/final/model.pt"
+        [ ! -f "${run_dir}/distilhubert/model.pt" ] || models="${models} distilhubert${suffix}=${run_dir}/distilhubert/model.pt"
+    done
     # The marker holds what was evaluated: other tasks, options or models (or a model retrained since: its size
     # and time) run stage 5 again, where superb_stage keeps the pairs that are still valid.
     model_stamps=$(for m in ${models}; do stat -c '%s@%Y' "${m#*=}"; done | tr '\n' ' ')
