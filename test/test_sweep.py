@@ -277,3 +277,41 @@ def test_sweep_item_that_does_not_parse_stops_the_recipe_in_one_line(recipe):
     result, calls = run(recipe, "--targets", "params:0.5 macs=0.7", ok=False)
     assert calls == [] and result.stderr.strip().splitlines()[-1].endswith(
         "--targets item 'macs=0.7': expected <budget>:<target>, e.g. params:0.5 or macs:0.75")
+
+
+def test_sweep_with_seeds_trains_every_target_with_every_seed(recipe):
+    result, calls = run(recipe, "--targets", "params:0.5 macs:0.75", "--seeds", "1 2", "--superb_tasks", "ks")
+    prune = [c.split() for c in calls if "dphubert.bin.distill_prune" in c]
+    runs = sorted((c[c.index("--exp") + 1], c[c.index("--seed") + 1]) for c in prune)
+    assert runs == [("exp/x_macs0.75_seed1", "1"), ("exp/x_macs0.75_seed2", "2"), ("exp/x_params0.5_seed1", "1"),
+                    ("exp/x_params0.5_seed2", "2")]
+    superb = [c for c in calls if "superb_stage" in c]
+    assert len(superb) == 1
+    assert ("x_params0.5_seed1=exp/x_params0.5_seed1/final/model.pt "
+            "x_params0.5_distilhubert_seed1=exp/x_params0.5_seed1/distilhubert/model.pt "
+            "x_params0.5_seed2=") in superb[0]
+    report = [c for c in calls if "dphubert.bin.sweep report" in c]
+    assert len(report) == 1 and "--seeds 1 2 " in report[0]
+
+
+def test_pareto_report_of_seeded_runs_has_every_seed_and_the_summary(tmp_path):
+    exp = tmp_path / "exp"
+    teacher = Wav2Vec2Model(tiny_config("hubert"))
+    save_model(teacher, exp / "teacher" / "teacher.pt")
+    targets = parse_targets("params:0.3")
+    models = {"teacher": (exp / "teacher" / "teacher.pt", teacher)}
+    values = {"teacher": {"ks": {"Acc": 90.0}}}
+    for seed in (1, 2):
+        models[f"x_params0.3_seed{seed}"] = ("a", _student(exp / f"x_params0.3_seed{seed}" / "final" / "model.pt",
+                                                           [4, 3, 3], [64, 64, 64]))
+        values[f"x_params0.3_seed{seed}"] = {"ks": {"Acc": 80.0 + seed}}
+    results = _superb_results(tmp_path / "superb", models, values)
+    data = json.loads(results.read_text())
+    data["seeds"] = {"families": {"x_params0.3": {"ks": {"mean": 81.5, "std": 0.71, "min": 81.0, "max": 82.0,
+                                                          "n_seeds": 2, "seeds": [1, 2]}}}, "comparisons": {}}
+    results.write_text(json.dumps(data))
+    points = write_report("x", targets, exp / "teacher" / "teacher.pt", tmp_path / "sweep", exp, results,
+                          latency_seconds=0.5, latency_repeats=1, log=lambda m: None, seeds=[1, 2])
+    assert {p.name for p in points} == {"teacher", "x_params0.3_seed1", "x_params0.3_seed2"}
+    text = (tmp_path / "sweep" / "PARETO.md").read_text()
+    assert "## Over training seeds" in text and "| x_params0.3 | 2 | 81.50 +- 0.71 (81.00-82.00) |" in text
