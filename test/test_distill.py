@@ -830,3 +830,26 @@ def test_clis_have_usage_help():
     for module in ("distill_prune", "final_distill", "distilhubert", "dump_teacher"):
         proc = _run(f"dphubert.bin.{module}", "--help")
         assert "Usage" in proc.stdout and "--teacher" in proc.stdout
+
+
+def test_steps_1_and_2_run_without_layerdrop_unless_asked(tmp_path):
+    """The paper's distillation forward runs every layer: the teacher's encoder_layer_drop is not copied."""
+    from dphubert.bin import final_distill
+    from dphubert.distill.students import gated_student
+
+    teacher = Wav2Vec2Model(tiny_config("hubert", encoder_layer_drop=0.05))
+    student = gated_student(teacher, ["head", "interm"])
+    assert student.config["encoder_layer_drop"] == 0.0 and student.encoder.transformer.layer_drop == 0.0
+    assert gated_student(teacher, ["head"], {"encoder_layer_drop": 0.05}).config["encoder_layer_drop"] == 0.05
+    # Step 2: a pruned file that still says 0.05 (e.g. pruned from an older Step 1) trains without it too.
+    pruned = Wav2Vec2Model(tiny_config("hubert", encoder_layer_drop=0.05))
+    save_model(pruned, tmp_path / "pruned.pt", extra={"distill_linear_projs": {
+        f"{k}.{p}": (torch.eye(48) if p == "weight" else torch.zeros(48)) for k in range(4) for p in ("weight", "bias")}})
+    save_model(teacher, tmp_path / "teacher.pt")
+    args = final_distill.get_parser().parse_args(["--teacher", str(tmp_path / "teacher.pt"), "--data", "x", "--exp",
+                                                   "y", "--student", str(tmp_path / "pruned.pt")])
+    cfg = load_config("final_distill")
+    task = final_distill.build_task(cfg, teacher, args)
+    assert task.student.config["encoder_layer_drop"] == 0.0
+    cfg["student_overrides"] = {"encoder_layer_drop": 0.1}
+    assert final_distill.build_task(cfg, teacher, args).student.encoder.transformer.layer_drop == 0.1
